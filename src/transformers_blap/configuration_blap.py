@@ -1,0 +1,109 @@
+"""Configuration of BLAP: HTS-AT audio encoder + Q-Former + T5 language model."""
+
+from transformers import Blip2QFormerConfig, ClapAudioConfig, T5Config
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+DEFAULT_PROMPT = "Generate an objective music description."
+
+# HTS-AT "tiny" (LAION CLAP `HTSAT-tiny`, 768 channels), no feature fusion.
+HTSAT_TINY = {
+    "patch_embeds_hidden_size": 96,
+    "depths": [2, 2, 6, 2],
+    "num_attention_heads": [4, 8, 16, 32],
+    "window_size": 8,
+    "spec_size": 256,
+    "num_mel_bins": 64,
+    "hidden_size": 768,
+    "projection_dim": 512,
+    "enable_fusion": False,
+}
+
+# BERT-base Q-Former with cross-attention in every second layer.
+QFORMER_BERT_BASE = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "cross_attention_frequency": 2,
+    "encoder_hidden_size": 768,
+}
+
+# Flan-T5-XL; the original forces exact (erf) GELU in its gated FFN and keeps the LM head untied.
+FLAN_T5_XL = {
+    "vocab_size": 32128,
+    "d_model": 2048,
+    "d_kv": 64,
+    "d_ff": 5120,
+    "num_layers": 24,
+    "num_decoder_layers": 24,
+    "num_heads": 32,
+    "feed_forward_proj": "gated-gelu",
+    "dense_act_fn": "gelu",
+    "tie_word_embeddings": False,
+    "decoder_start_token_id": 0,
+}
+
+
+class BlapConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`BlapForConditionalGeneration`] (and [`BlapForRepresentationLearning`]) model.
+
+    Composed like `Blip2Config`: three sub-configurations plus the glue between them. Each sub-configuration accepts a
+    `dict` or a config object.
+
+    Args:
+        audio_config (`dict` or `ClapAudioConfig`, *optional*):
+            The HTS-AT audio encoder (`transformers.ClapAudioModel`). Defaults to HTS-AT "tiny" without fusion.
+        qformer_config (`dict` or `Blip2QFormerConfig`, *optional*):
+            The Q-Former. Defaults to BERT-base with cross-attention every second layer. Its `encoder_hidden_size` is
+            always set to `audio_config.hidden_size`.
+        text_config (`dict` or `T5Config`, *optional*):
+            The language model. Defaults to Flan-T5-XL dimensions with exact GELU and an untied LM head.
+        num_query_tokens (`int`, *optional*, defaults to 32):
+            Number of learned query tokens fed to the Q-Former.
+        prompt (`str`, *optional*):
+            The instruction given to the language model when no `text` is passed to the processor.
+        embed_dim (`int`, *optional*, defaults to 256):
+            Size of the shared audio-text embedding space of stage 1 (contrastive / matching).
+        max_txt_len (`int`, *optional*, defaults to 64):
+            Maximum caption length in tokens used in training.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the query-token and projection initialisers.
+
+    Example:
+
+    ```python
+    >>> from transformers_blap import BlapConfig, BlapForConditionalGeneration
+    >>> config = BlapConfig(num_query_tokens=16)
+    >>> model = BlapForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "blap"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(config_class=ClapAudioConfig, init_kwargs=HTSAT_TINY),
+        "qformer_config": SubConfigSpec(config_class=Blip2QFormerConfig, init_kwargs=QFORMER_BERT_BASE),
+        "text_config": SubConfigSpec(config_class=T5Config, init_kwargs=FLAN_T5_XL),
+    }
+
+    audio_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_query_tokens: int = 32
+    prompt: str = DEFAULT_PROMPT
+    embed_dim: int = 256
+    max_txt_len: int = 64
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.audio_config.enable_fusion:
+            raise ValueError("BLAP uses HTS-AT without feature fusion: `audio_config.enable_fusion` must be False.")
+        if self.text_config.model_type != "t5":
+            raise ValueError(f"`text_config` must be a T5 config, got model_type={self.text_config.model_type!r}.")
+        self.qformer_config.encoder_hidden_size = self.audio_config.hidden_size
+        self.is_encoder_decoder = True
+
+
+__all__ = ["BlapConfig", "DEFAULT_PROMPT"]
