@@ -1,5 +1,6 @@
 """BLAP: HTS-AT audio encoder -> Q-Former -> T5, as a transformers model."""
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -71,6 +72,36 @@ class BlapPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
 
 
+def caption_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """
+    Token-level cross-entropy of the caption, computed in float32.
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`).
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`): -100 on ignored positions.
+        num_items_in_batch (`torch.Tensor` or `int`, *optional*): the number of caption tokens in the whole optimizer
+            step (all accumulated micro-batches, all processes), as `Trainer` counts it. When given, the loss is the
+            sum over this micro-batch divided by it, so gradient accumulation and data parallelism add up to the mean
+            over the whole step's tokens; otherwise it is the mean over this batch's tokens (T5's own loss).
+
+    Returns:
+        `torch.FloatTensor` of shape `()`.
+    """
+    logits = logits.float()
+    labels = labels.to(logits.device)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
+    )
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
 def untie_lm_head(language_model: T5ForConditionalGeneration) -> None:
     """
     Give a T5 its own `lm_head` (Flan-T5 / T5 v1.1 do not tie it to the embeddings) and make sure transformers never
@@ -107,6 +138,9 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
     """
 
     _can_compile_fullgraph = False
+    # `forward` normalises its loss by the `num_items_in_batch` that `Trainer` passes (see `caption_loss`), so Trainer
+    # must not divide it again by the gradient-accumulation steps.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: BlapConfig):
         super().__init__(config)
@@ -226,7 +260,21 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         if audio_embeds is None:
             audio_embeds = self.get_audio_features(input_features)
         query_tokens = self.query_tokens.expand(audio_embeds.shape[0], -1, -1)
-        return self.qformer(query_embeds=query_tokens, encoder_hidden_states=audio_embeds, return_dict=True)
+        # The Q-Former is kept in float32 (`_keep_in_fp32_modules`); mixed-precision autocast must not run it in half.
+        device_type = audio_embeds.device.type
+        autocast_off = (
+            torch.autocast(device_type=device_type, enabled=False)
+            if query_tokens.dtype == torch.float32
+            and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+            else contextlib.nullcontext()
+        )
+        with autocast_off:
+            return self.qformer(
+                query_embeds=query_tokens,
+                encoder_hidden_states=audio_embeds.to(query_tokens.dtype),
+                return_dict=True,
+            )
 
     def _language_model_inputs(
         self,
@@ -274,7 +322,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 `labels` by T5 when omitted.
             decoder_attention_mask (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*).
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): caption tokens, -100 on
-                padding; gives `loss`.
+                padding; gives `loss` (see [`caption_loss`]).
+            kwargs: `num_items_in_batch` (from `Trainer`) normalises the loss; the rest goes to the language model.
 
         Returns:
             [`BlapForConditionalGenerationModelOutput`].
@@ -292,17 +341,20 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         language_model_inputs = self.language_projection(query_output)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
 
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = self.language_model._shift_right(labels)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=encoder_mask,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
-            labels=labels,
             return_dict=True,
             **kwargs,
         )
+        loss = caption_loss(outputs.logits, labels, num_items_in_batch) if labels is not None else None
         output = BlapForConditionalGenerationModelOutput(
-            loss=outputs.loss,
+            loss=loss,
             logits=outputs.logits,
             audio_embeds=audio_embeds,
             qformer_outputs=qformer_outputs,
