@@ -1,6 +1,7 @@
 """
 Data parallelism: two CPU processes (torchrun, gloo) give the same losses and the same trained weights as one process
-on the same global batch, with and without gradient accumulation.
+on the same global batch, with and without gradient accumulation; the accelerate / DeepSpeed / FSDP configurations in
+configs/ are valid.
 """
 
 import json
@@ -13,7 +14,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from stage2_utils import deterministic_model
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils.deepspeed import HfDeepSpeedConfig
+from stage2_utils import deterministic_model, sgd_args
+from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+from transformers_blap import BlapForConditionalGeneration
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "stage2_ddp_worker.py"
@@ -69,3 +76,70 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, t5_t
     # The two steps moved every weight: the equality above is not one of untouched initial values.
     initial = deterministic_model().state_dict()
     assert all(not torch.equal(initial[key], value) for key, value in single_weights.items())
+
+
+# ------------------------------------------------------------------------------------- multi-GPU configurations
+
+CONFIGS = TESTS.parent / "configs"
+ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
+
+
+class TrainerDeepSpeedConfig(HfDeepSpeedConfig):
+    """transformers' `HfTrainerDeepSpeedConfig` logic (fill "auto" from the training arguments, report mismatches)
+    on accelerate's config class, which, unlike transformers' wrapper, does not need deepspeed installed."""
+
+    is_auto = HfTrainerDeepSpeedConfig.is_auto
+    fill_match = HfTrainerDeepSpeedConfig.fill_match
+    fill_only = HfTrainerDeepSpeedConfig.fill_only
+    trainer_config_process = HfTrainerDeepSpeedConfig.trainer_config_process
+    trainer_config_finalize = HfTrainerDeepSpeedConfig.trainer_config_finalize
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._dtype = None
+        self.mismatches = []
+
+
+def test_the_repository_has_the_multi_gpu_configurations():
+    assert [path.name for path in ACCELERATE_CONFIGS] == [
+        "ddp.yaml",
+        "ddp_multinode.yaml",
+        "deepspeed_zero2.yaml",
+        "deepspeed_zero3.yaml",
+        "fsdp.yaml",
+    ]
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda path: path.name)
+def test_accelerate_configs_are_valid_launch_configurations(path, monkeypatch):
+    monkeypatch.chdir(TESTS.parent)  # the DeepSpeed configs name their JSON relative to the repository root
+    config = load_config_from_file(str(path))  # unknown top-level keys raise here
+    parser = launch_command_parser()
+    options = {action.dest for action in parser._actions}
+    for section, prefix in ((config.deepspeed_config or {}, ""), (config.fsdp_config or {}, "fsdp_")):
+        for key in section:
+            assert (key if key.startswith(prefix) else prefix + key) in options, f"{path.name}: unknown option {key}"
+    args, _, _ = _validate_launch_command(parser.parse_args(["--config_file", str(path), "scripts/train_stage2.py"]))
+    assert args.num_processes == 8 * args.num_machines and args.num_machines >= 1
+    if args.use_deepspeed:
+        assert Path(args.deepspeed_config_file).is_file()
+    else:
+        assert args.mixed_precision == "bf16"
+    if args.use_fsdp:
+        assert args.fsdp_version == 2
+        wrapped = set(args.fsdp_transformer_layer_cls_to_wrap.split(","))
+        assert wrapped == set(BlapForConditionalGeneration._no_split_modules)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_configs_are_completed_by_the_training_arguments(stage, tmp_path):
+    config = TrainerDeepSpeedConfig(str(CONFIGS / "deepspeed" / f"zero{stage}.json"))
+    assert config.get_value("zero_optimization.stage") == stage
+    args = sgd_args(tmp_path, bf16=True, per_device_train_batch_size=3, gradient_accumulation_steps=2)
+    config.trainer_config_process(args)
+    config.trainer_config_finalize(args, deterministic_model(), num_training_steps=100)
+    assert config.mismatches == []
+    assert "auto" not in json.dumps(config.config)
+    assert config.config["train_micro_batch_size_per_gpu"] == 3 and config.config["bf16"] == {"enabled": True}
+    if stage == 3:
+        assert config.get_value("zero_optimization.stage3_gather_16bit_weights_on_model_save") is True
