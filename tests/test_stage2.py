@@ -1,6 +1,7 @@
 """Stage 2: trainable set, loss normalisation, precision, starting checkpoints, evaluation, LoRA, model card."""
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -155,7 +156,8 @@ def test_float16_is_detected_and_warned_about(tmp_path):
     assert not warn_if_float16(deterministic_model(), sgd_args(tmp_path, bf16=True))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(processor, clip_dataset):
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(processor, clip_dataset, use_reentrant):
     batch = _batch(processor, clip_dataset)
     gradients = []
     for checkpointing in (False, True):
@@ -163,8 +165,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(processor, clip_dataset
         configure_stage2_trainable(model)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
             assert model.language_model.encoder.block[0].gradient_checkpointing
+            assert model.language_model.decoder.block[0].gradient_checkpointing
+            assert model.qformer.encoder.layer[0].gradient_checkpointing
         model(**batch).loss.backward()
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
     for name, value in gradients[0].items():
@@ -382,3 +386,86 @@ def test_push_to_hub_uploads_a_card_with_data_hyperparameters_and_evaluation(
     assert "| step | epoch | loss | bleu_1 | cider_d | gen_len |" in card
     assert "| 2 | 0.5 |" in card and "| 0.25 | 0.125 |" in card
     assert "## Sample captions (last evaluation)" in card
+
+
+# -------------------------------------------------------------------------------------------------------- script
+
+
+def _train_stage2_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_stage2.py"
+    spec = importlib.util.spec_from_file_location("train_stage2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_finetuning_is_one_command(processor, tmp_path):
+    model = deterministic_model()
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    write_clip_dataset(tmp_path / "clips", num_clips=6, seconds=1.5)
+    train = tmp_path / "train.csv"
+    train.write_text(
+        "audio,caption_1,caption_2\n"
+        + "".join(f"clips/clip{index}.wav,an upbeat song {index},calm piano {index}\n" for index in range(4))
+    )
+    evaluation = tmp_path / "eval.csv"
+    evaluation.write_text("audio,caption\nclips/clip4.wav,a rock song\nclips/clip5.wav,soft jazz\n")
+    output = tmp_path / "out"
+    results = _train_stage2_script().main(
+        [
+            "--model_name_or_path", str(tmp_path / "base"),
+            "--train_file", str(train),
+            "--output_dir", str(output),
+            "--eval_file", str(evaluation),
+            "--max_steps", "2",
+            "--per_device_train_batch_size", "2",
+            "--learning_rate", "1e-3",
+            "--eval_strategy", "steps",
+            "--eval_steps", "1",
+            "--save_steps", "1",
+            "--metric_for_best_model", "cider_d",
+            "--load_best_model_at_end",
+            "--early_stopping_patience", "3",
+            "--eval_metrics", "bleu_1,bleu_4,meteor,rouge_l,cider_d",
+            "--generation_num_beams", "1",
+            "--use_cpu",
+            "--report_to", "none",
+            "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    assert {"train_loss", "eval_loss", "eval_bleu_1", "eval_cider_d", "eval_meteor"} <= set(results)
+    assert {"config.json", "model.safetensors", "processor_config.json", "README.md", "eval_captions.jsonl"} <= {
+        path.name for path in output.iterdir()
+    }
+    card = (output / "README.md").read_text()
+    assert "| train | train.csv | 4 | 8 |" in card and "| eval | eval.csv | 2 | 2 |" in card
+    assert "| step | epoch | loss | bleu_1 | bleu_4 | meteor | rouge_l | cider_d | gen_len |" in card
+    assert "PhraseDropping" in card and "base_model" not in card  # a local path is no Hub base model
+    BlapForConditionalGeneration.from_pretrained(output)
+
+
+@pytest.mark.slow
+def test_lora_finetuning_from_the_command_line_saves_the_adapter(processor, tmp_path):
+    deterministic_model().save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    write_clip_dataset(tmp_path / "clips", num_clips=2)
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        "\n".join(json.dumps({"audio": f"clips/clip{i}.wav", "captions": ["a", "b"]}) for i in range(2)) + "\n"
+    )
+    output = tmp_path / "out"
+    _train_stage2_script().main(
+        [
+            "--model_name_or_path", str(tmp_path / "base"), "--train_file", str(train), "--output_dir", str(output),
+            "--use_lora", "--lora_r", "2", "--max_steps", "1", "--per_device_train_batch_size", "2",
+            "--use_cpu", "--report_to", "none", "--no_phrase_dropping",
+        ]
+    )  # fmt: skip
+    assert (output / "lora" / "adapter_model.safetensors").is_file()
+    assert (output / "stage2_trainable.safetensors").is_file() and not (output / "model.safetensors").exists()
+    card = (output / "README.md").read_text()
+    assert "library_name: peft" in card and "| lora | r=2," in card and "caption_augmentation | None" in card
+    model = load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), output)
+    assert not any(param.requires_grad for param in model.parameters())
