@@ -97,7 +97,8 @@ def missing_fense_files(cache_dir: str | os.PathLike) -> list[str]:
     if not checkpoint.is_file():
         missing.append(f"the FENSE fluency-error detector checkpoint: {checkpoint}")
     encoder_dir = fense_encoder_dir(cache_dir)
-    if not (encoder_dir / "config.json").is_file() or not (encoder_dir / "vocab.txt").is_file():
+    has_tokenizer = (encoder_dir / "tokenizer.json").is_file() or (encoder_dir / "vocab.txt").is_file()
+    if not (encoder_dir / "config.json").is_file() or not has_tokenizer:
         missing.append(f"the configuration and tokenizer of {FENSE_ENCODER_NAME} for FENSE: {encoder_dir}")
     return missing
 
