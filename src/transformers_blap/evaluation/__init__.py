@@ -1,5 +1,7 @@
 """Evaluation of BLAP: the paper's caption metrics, benchmark readers and the evaluation loop."""
 
+from pathlib import Path
+
 from .fense import BertFluencyErrorDetector, FluencyErrorDetector, SentenceEncoder, SentenceTransformerEncoder
 from .metrics import (
     ALL_METRICS,
@@ -13,8 +15,12 @@ from .metrics import (
 )
 from .resources import SETUP_COMMAND, MissingMetricResourceError, default_cache_dir
 
+# `evaluate.load(BLAP_CAPTION_METRIC_PATH)` gives the caption metrics as an `evaluate` module, offline.
+BLAP_CAPTION_METRIC_PATH = str(Path(__file__).resolve().parent / "blap_caption_metric.py")
+
 __all__ = [
     "ALL_METRICS",
+    "BLAP_CAPTION_METRIC_PATH",
     "BLEU_METRICS",
     "NGRAM_METRICS",
     "PAPER_METRICS",
