@@ -2,6 +2,14 @@
 
 from pathlib import Path
 
+from .benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    BenchmarkClip,
+    load_musiccaps,
+    load_song_describer,
+    load_yt8m_musictextclips,
+)
 from .fense import BertFluencyErrorDetector, FluencyErrorDetector, SentenceEncoder, SentenceTransformerEncoder
 from .metrics import (
     ALL_METRICS,
@@ -20,6 +28,7 @@ BLAP_CAPTION_METRIC_PATH = str(Path(__file__).resolve().parent / "blap_caption_m
 
 __all__ = [
     "ALL_METRICS",
+    "BENCHMARKS",
     "BLAP_CAPTION_METRIC_PATH",
     "BLEU_METRICS",
     "NGRAM_METRICS",
@@ -27,6 +36,8 @@ __all__ = [
     "SENTENCE_METRICS",
     "SETUP_COMMAND",
     "SPICE_METRICS",
+    "Benchmark",
+    "BenchmarkClip",
     "BertFluencyErrorDetector",
     "CaptionScorer",
     "FluencyErrorDetector",
@@ -35,4 +46,7 @@ __all__ = [
     "SentenceTransformerEncoder",
     "caption_metrics",
     "default_cache_dir",
+    "load_musiccaps",
+    "load_song_describer",
+    "load_yt8m_musictextclips",
 ]
