@@ -37,7 +37,7 @@ def test_musiccaps_eval_split_with_the_usual_file_names(tmp_path, caplog):
     summary = benchmark.summary()
     assert summary["clips_listed"] == 4 and summary["clips_with_audio"] == 3 and summary["clips_missing_audio"] == 1
     assert summary["missing_audio_clip_ids"] == ["ddd_TestClp4"]
-    assert "4 clips listed, 3 with audio, 1 missing audio" in benchmark.describe()
+    assert "musiccaps (eval): 4 clips listed, 3 with audio, 1 missing audio" in benchmark.describe()
     assert "ddd_TestClp4" in caplog.text
 
 
@@ -72,7 +72,7 @@ def test_song_describer_groups_captions_by_track(tmp_path):
     everything = load_song_describer(DATA / "song_describer_sample.csv", tmp_path)
     assert [clip.clip_id for clip in everything.clips] == ["900001", "900003"]
     valid = load_song_describer(DATA / "song_describer_sample.csv", tmp_path, valid_subset_only=True)
-    assert len(valid.clips[0].references) == 2 and valid.name == "song_describer (valid subset)"
+    assert len(valid.clips[0].references) == 2 and valid.split == "valid subset"
 
 
 def test_yt8m_musictextclips_from_both_files(tmp_path):
@@ -87,6 +87,7 @@ def test_yt8m_musictextclips_from_both_files(tmp_path):
         "Epic cinematic music with a choir and big drums.",
     )
     assert benchmark.clips[2].start_s == 30.5
+    assert (benchmark.name, benchmark.split) == ("yt8m_musictextclips", "yt8m_mtc_train+yt8m_mtc_test")
 
     test_only = load_yt8m_musictextclips(DATA / "yt8m_mtc_test.csv", tmp_path)
     assert [clip.clip_id for clip in test_only.clips] == ["vidTest0001", "vidTest0003", "vidTest-004"]

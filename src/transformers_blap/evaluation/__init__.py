@@ -11,6 +11,7 @@ from .benchmarks import (
     load_yt8m_musictextclips,
 )
 from .fense import BertFluencyErrorDetector, FluencyErrorDetector, SentenceEncoder, SentenceTransformerEncoder
+from .loop import generate_predictions, read_predictions, run_evaluation
 from .metrics import (
     ALL_METRICS,
     BLEU_METRICS,
@@ -21,6 +22,7 @@ from .metrics import (
     CaptionScorer,
     caption_metrics,
 )
+from .report import PUBLISHED_TABLE1, format_table1
 from .resources import SETUP_COMMAND, MissingMetricResourceError, default_cache_dir
 
 # `evaluate.load(BLAP_CAPTION_METRIC_PATH)` gives the caption metrics as an `evaluate` module, offline.
@@ -33,6 +35,7 @@ __all__ = [
     "BLEU_METRICS",
     "NGRAM_METRICS",
     "PAPER_METRICS",
+    "PUBLISHED_TABLE1",
     "SENTENCE_METRICS",
     "SETUP_COMMAND",
     "SPICE_METRICS",
@@ -46,7 +49,11 @@ __all__ = [
     "SentenceTransformerEncoder",
     "caption_metrics",
     "default_cache_dir",
+    "format_table1",
+    "generate_predictions",
     "load_musiccaps",
     "load_song_describer",
     "load_yt8m_musictextclips",
+    "read_predictions",
+    "run_evaluation",
 ]

@@ -59,13 +59,15 @@ class Benchmark:
     A benchmark read from its CSV: the clips whose audio was found, and the ids of those whose audio was not.
 
     Attributes:
-        name (`str`): e.g. `"musiccaps"`.
+        name (`str`): `"musiccaps"`, `"song_describer"` or `"yt8m_musictextclips"`.
+        split (`str`): which part of it was read (e.g. `"eval"`).
         clips (`list[BenchmarkClip]`): clips with audio, in CSV order.
         missing_audio (`list[str]`): clip ids listed in the CSV (and the chosen split) without an audio file.
         audio_dir (`Path`): the folder searched.
     """
 
     name: str
+    split: str
     clips: list[BenchmarkClip]
     missing_audio: list[str] = field(default_factory=list)
     audio_dir: Path | None = None
@@ -78,6 +80,7 @@ class Benchmark:
         """JSON-ready counts: listed clips, clips with audio, missing audio (with the missing ids)."""
         return {
             "benchmark": self.name,
+            "split": self.split,
             "audio_dir": None if self.audio_dir is None else str(self.audio_dir),
             "clips_listed": self.num_listed,
             "clips_with_audio": len(self.clips),
@@ -89,7 +92,7 @@ class Benchmark:
     def describe(self) -> str:
         """One line for people: how many clips are listed, found and missing."""
         text = (
-            f"{self.name}: {self.num_listed} clips listed, {len(self.clips)} with audio, "
+            f"{self.name} ({self.split}): {self.num_listed} clips listed, {len(self.clips)} with audio, "
             f"{len(self.missing_audio)} missing audio"
         )
         if self.missing_audio:
@@ -176,8 +179,8 @@ def _names(patterns: Sequence[str], **fields) -> list[str]:
     return [pattern.format(**fields) for pattern in patterns]
 
 
-def _finish(name: str, clips: list[BenchmarkClip], missing: list[str], audio_dir: Path) -> Benchmark:
-    benchmark = Benchmark(name=name, clips=clips, missing_audio=missing, audio_dir=audio_dir)
+def _finish(name: str, split: str, clips: list[BenchmarkClip], missing: list[str], audio_dir: Path) -> Benchmark:
+    benchmark = Benchmark(name=name, split=split, clips=clips, missing_audio=missing, audio_dir=audio_dir)
     if missing:
         logger.warning("%s", benchmark.describe())
     return benchmark
@@ -227,7 +230,7 @@ def load_musiccaps(
             missing.append(ytid)
         else:
             clips.append(BenchmarkClip(ytid, audio_path, (caption,), start, end))
-    return _finish(f"musiccaps ({split})", clips, missing, index.audio_dir)
+    return _finish("musiccaps", split, clips, missing, index.audio_dir)
 
 
 SONG_DESCRIBER_FILENAME_PATTERNS = ("{path}", "{path}.2min", "{track_id}.2min", "{track_id}")
@@ -274,8 +277,8 @@ def load_song_describer(
             missing.append(track_id)
         else:
             clips.append(BenchmarkClip(track_id, audio_path, tuple(track["captions"])))
-    name = "song_describer (valid subset)" if valid_subset_only else "song_describer"
-    return _finish(name, clips, missing, index.audio_dir)
+    split = "valid subset" if valid_subset_only else "all"
+    return _finish("song_describer", split, clips, missing, index.audio_dir)
 
 
 YT8M_MTC_FILENAME_PATTERNS = (
@@ -332,7 +335,8 @@ def load_yt8m_musictextclips(
             missing.append(clip_id)
         else:
             clips.append(BenchmarkClip(clip_id, audio_path, tuple(captions), start, end))
-    return _finish("yt8m_musictextclips", clips, missing, index.audio_dir)
+    split = "+".join(Path(csv_path).stem for csv_path in csv_paths)
+    return _finish("yt8m_musictextclips", split, clips, missing, index.audio_dir)
 
 
 BENCHMARKS = {
