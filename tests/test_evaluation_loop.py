@@ -11,7 +11,7 @@ from metric_stand_ins import STAND_IN_SCORER_KWARGS
 
 from transformers_blap import BlapForConditionalGeneration
 from transformers_blap.evaluation import PAPER_METRICS, MissingMetricResourceError, caption_metrics, load_musiccaps
-from transformers_blap.evaluation.loop import read_predictions, run_evaluation
+from transformers_blap.evaluation.loop import default_predictions_path, read_predictions, run_evaluation
 
 from tiny import tiny_config, tiny_processor
 
@@ -46,22 +46,23 @@ def musiccaps(tmp_path):
     _write_audio(audio / "aaaTestClip1.wav", 1)
     _write_audio(audio / "[-ccTestClip3]-[0-10].flac", 2)
     (audio / "eeeTestClip5.wav").write_bytes(b"RIFF....WAVE not really")  # ddd_TestClp4 has no file
-    return load_musiccaps(DATA / "musiccaps_sample.csv", audio), tmp_path / "run"
+    return load_musiccaps(DATA / "musiccaps_sample.csv", audio), tmp_path / "run" / "report.json"
 
 
-def _evaluate(captioner, benchmark, output_dir, **kwargs):
+def _evaluate(captioner, benchmark, report_path, **kwargs):
     model, processor, _ = captioner
     kwargs.setdefault("scorer_kwargs", STAND_IN_SCORER_KWARGS)
     return run_evaluation(
-        model, processor, benchmark, output_dir, batch_size=2, generate_kwargs=FAST, metrics=PAPER_METRICS, **kwargs
+        model, processor, benchmark, report_path, batch_size=2, generate_kwargs=FAST, metrics=PAPER_METRICS, **kwargs
     )
 
 
 def test_report_predictions_and_table(captioner, musiccaps, capsys):
-    benchmark, output_dir = musiccaps
-    report = _evaluate(captioner, benchmark, output_dir, model_name="tiny-blap")
+    benchmark, report_path = musiccaps
+    predictions = default_predictions_path(report_path)
+    report = _evaluate(captioner, benchmark, report_path, model_name="tiny-blap")
 
-    assert json.loads((output_dir / "report.json").read_text()) == report
+    assert json.loads(report_path.read_text()) == report
     assert report["benchmark"]["clips_listed"] == 4 and report["benchmark"]["clips_missing_audio"] == 1
     assert report["benchmark"]["missing_audio_clip_ids"] == ["ddd_TestClp4"]
     assert report["clips_scored"] == 2
@@ -69,7 +70,7 @@ def test_report_predictions_and_table(captioner, musiccaps, capsys):
     assert report["generation"]["num_beams"] == 2 and report["generation"]["max_new_tokens"] == 6
     assert report["prompt"] == "Generate an objective music description."
 
-    records = [json.loads(line) for line in (output_dir / "predictions.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
     captions = {record["clip_id"]: record["caption"] for record in records if "caption" in record}
     assert list(captions) == ["aaaTestClip1", "-ccTestClip3"]
     references = [[clip.references[0]] for clip in benchmark.clips[:2]]
@@ -88,25 +89,26 @@ def test_report_predictions_and_table(captioner, musiccaps, capsys):
 
 
 def test_resume_generates_only_what_is_missing(captioner, musiccaps):
-    benchmark, output_dir = musiccaps
+    benchmark, report_path = musiccaps
+    predictions = default_predictions_path(report_path)
     _, _, calls = captioner
-    first = _evaluate(captioner, benchmark, output_dir, print_fn=None)
-    first_lines = (output_dir / "predictions.jsonl").read_text().splitlines()
+    first = _evaluate(captioner, benchmark, report_path, print_fn=None)
+    first_lines = predictions.read_text().splitlines()
 
     calls.clear()
-    again = _evaluate(captioner, benchmark, output_dir, print_fn=None)
+    again = _evaluate(captioner, benchmark, report_path, print_fn=None)
     assert calls == [] and again["metrics"] == first["metrics"]
 
     _write_audio(benchmark.clips[2].audio_path, 3)  # the broken file is repaired: only its clip is captioned
-    with (output_dir / "predictions.jsonl").open("a") as file:
+    with predictions.open("a") as file:
         file.write('{"benchmark": "musiccaps", "clip_id": "aaaTes')  # a line cut short by a crash
     calls.clear()
-    final = _evaluate(captioner, benchmark, output_dir, print_fn=None)
+    final = _evaluate(captioner, benchmark, report_path, print_fn=None)
     assert calls == [1]
     assert final["clips_scored"] == 3 and final["clips_failed"] == []
-    lines = (output_dir / "predictions.jsonl").read_text().splitlines()
+    lines = predictions.read_text().splitlines()
     assert lines[: len(first_lines)] == first_lines and len(lines) == len(first_lines) + 2
-    assert set(read_predictions(output_dir / "predictions.jsonl", "musiccaps")) == {
+    assert set(read_predictions(predictions, "musiccaps")) == {
         "aaaTestClip1",
         "-ccTestClip3",
         "eeeTestClip5",
@@ -114,7 +116,7 @@ def test_resume_generates_only_what_is_missing(captioner, musiccaps):
 
 
 def test_generate_failures_are_recorded_and_the_run_goes_on(captioner, musiccaps, monkeypatch):
-    benchmark, output_dir = musiccaps
+    benchmark, report_path = musiccaps
     model, processor, _ = captioner
     calls = []
 
@@ -126,24 +128,26 @@ def test_generate_failures_are_recorded_and_the_run_goes_on(captioner, musiccaps
 
     monkeypatch.setattr(model, "generate", fail_first)
     _write_audio(benchmark.clips[2].audio_path, 3)
-    report = run_evaluation(model, processor, benchmark, output_dir, batch_size=2, metrics=["bleu_1"], print_fn=None)
+    report = run_evaluation(model, processor, benchmark, report_path, batch_size=2, metrics=["bleu_1"], print_fn=None)
     assert report["clips_scored"] == 1
     assert {failure["clip_id"] for failure in report["clips_failed"]} == {"aaaTestClip1", "-ccTestClip3"}
     assert "RuntimeError: CUDA out of memory (simulated)" in report["clips_failed"][0]["error"]
 
 
 def test_missing_metric_downloads_stop_the_run_before_captioning(captioner, musiccaps, tmp_path):
-    benchmark, output_dir = musiccaps
+    benchmark, report_path = musiccaps
+    predictions = default_predictions_path(report_path)
     _, _, calls = captioner
     calls.clear()
     with pytest.raises(MissingMetricResourceError, match="FENSE fluency-error detector"):
-        _evaluate(captioner, benchmark, output_dir, scorer_kwargs={"cache_dir": tmp_path / "empty"})
-    assert calls == [] and not (output_dir / "predictions.jsonl").exists()
+        _evaluate(captioner, benchmark, report_path, scorer_kwargs={"cache_dir": tmp_path / "empty"})
+    assert calls == [] and not predictions.exists()
 
 
 def test_predictions_of_another_benchmark_are_refused(captioner, musiccaps):
-    benchmark, output_dir = musiccaps
-    output_dir.mkdir()
-    (output_dir / "predictions.jsonl").write_text('{"benchmark": "song_describer", "clip_id": "1", "caption": "x"}\n')
+    benchmark, report_path = musiccaps
+    predictions = default_predictions_path(report_path)
+    report_path.parent.mkdir()
+    predictions.write_text('{"benchmark": "song_describer", "clip_id": "1", "caption": "x"}\n')
     with pytest.raises(ValueError, match="holds predictions for benchmark 'song_describer', not 'musiccaps'"):
-        _evaluate(captioner, benchmark, output_dir)
+        _evaluate(captioner, benchmark, report_path)

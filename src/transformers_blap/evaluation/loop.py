@@ -19,9 +19,6 @@ from .report import format_table1
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.jsonl"
-REPORT_FILE = "report.json"
-
 
 def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     """Decodes an audio file to mono float32 at `sampling_rate` (soundfile + soxr, through `transformers`)."""
@@ -153,11 +150,18 @@ def generate_predictions(
     return records
 
 
+def default_predictions_path(report_path: str | os.PathLike) -> Path:
+    """`report.json` -> `report.predictions.jsonl`, beside the report."""
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}.predictions.jsonl")
+
+
 def run_evaluation(
     model,
     processor,
     benchmark: Benchmark,
-    output_dir: str | os.PathLike,
+    report_path: str | os.PathLike,
+    predictions_path: str | os.PathLike | None = None,
     batch_size: int = 8,
     generate_kwargs: Mapping[str, Any] | None = None,
     metrics: Iterable[str] = ALL_METRICS,
@@ -172,14 +176,16 @@ def run_evaluation(
     The metric helpers are set up first, so that a missing SPICE/FENSE download fails before any audio is captioned.
     Then every clip with audio is captioned (resumable, see `generate_predictions`) with the model's generation
     settings (BLAP's: 10 beams, 40 new tokens, `min_length` 30) and the processor's prompt, overridden by
-    `generate_kwargs`; the captions are scored against the clips' references; `report.json` records the benchmark
+    `generate_kwargs`; the captions are scored against the clips' references; the report records the benchmark
     counts (missing audio included), the settings, the failures and the scores.
 
     Args:
         model (`BlapForConditionalGeneration`): the captioner (its `generate` and `device` are used).
         processor (`BlapProcessor`): its feature extractor's `sampling_rate` is the rate audio is decoded at.
         benchmark (`Benchmark`): from `load_musiccaps`, `load_song_describer` or `load_yt8m_musictextclips`.
-        output_dir (`str` or `os.PathLike`): gets `predictions.jsonl` and `report.json`.
+        report_path (`str` or `os.PathLike`): where the JSON report goes (e.g. `report.json`).
+        predictions_path (`str` or `os.PathLike`, *optional*): the JSON Lines predictions, resumed if present;
+            defaults to `report.predictions.jsonl` beside the report.
         batch_size (`int`, *optional*, defaults to 8): clips per `generate` call.
         generate_kwargs (`Mapping`, *optional*): generation options on top of `model.generation_config`.
         metrics (`Iterable[str]`, *optional*, defaults to `ALL_METRICS`): see `caption_metrics`.
@@ -189,15 +195,16 @@ def run_evaluation(
         print_fn (`Callable`, *optional*, defaults to `print`): where the summary and table go; `None` for silence.
 
     Returns:
-        `dict`: the report written to `report.json`.
+        `dict`: the report written to `report_path`.
     """
-    output_dir = Path(output_dir)
+    report_path = Path(report_path)
+    predictions_path = default_predictions_path(report_path) if predictions_path is None else Path(predictions_path)
     generate_kwargs = dict(generate_kwargs or {})
     if not benchmark.clips:
         raise ValueError(f"nothing to evaluate: {benchmark.describe()}")
     with CaptionScorer(metrics, **dict(scorer_kwargs or {})) as scorer:
         records = generate_predictions(
-            model, processor, benchmark, output_dir / PREDICTIONS_FILE, batch_size, generate_kwargs, load_audio
+            model, processor, benchmark, predictions_path, batch_size, generate_kwargs, load_audio
         )
         scored = [clip for clip in benchmark.clips if "caption" in records.get(clip.clip_id, {})]
         failed = [
@@ -208,7 +215,7 @@ def run_evaluation(
         if not scored:
             raise RuntimeError(
                 f"no clip of {benchmark.name} could be captioned; first error: {failed[0]['error']} "
-                f"(all errors are in {output_dir / PREDICTIONS_FILE})"
+                f"(all errors are in {predictions_path})"
             )
         scores = scorer([records[clip.clip_id]["caption"] for clip in scored], [clip.references for clip in scored])
     report = {
@@ -220,15 +227,16 @@ def run_evaluation(
         "clips_failed": failed,
         "metrics": scores,
         "metrics_x100": {name: round(100.0 * value, 2) for name, value in scores.items()},
-        "predictions_file": PREDICTIONS_FILE,
+        "predictions_file": str(predictions_path),
     }
-    temporary = output_dir / (REPORT_FILE + ".tmp")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = report_path.with_name(report_path.name + ".tmp")
     temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, output_dir / REPORT_FILE)
+    os.replace(temporary, report_path)
     if print_fn is not None:
         print_fn(benchmark.describe())
         if failed:
-            print_fn(f"{len(failed)} clips failed (see {output_dir / PREDICTIONS_FILE}); scored {len(scored)} clips.")
+            print_fn(f"{len(failed)} clips failed (see {predictions_path}); scored {len(scored)} clips.")
         note = f"{benchmark.split}, {len(scored)} clips scored"
         print_fn(format_table1(benchmark.name, scores, label=report["model"], note=note))
     return report
