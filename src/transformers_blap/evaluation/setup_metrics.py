@@ -102,15 +102,15 @@ def setup_fense(cache_dir: str | os.PathLike) -> None:
         _download_repo_files(FENSE_ENCODER_REPO_ID, fense_encoder_dir(cache_dir), FENSE_ENCODER_FILES)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m transformers_blap.evaluation.setup_metrics",
-        description="Fetch what SPICE, Sentence-BERT similarity and FENSE need (needs network, run once).",
-    )
-    parser.add_argument("--cache-dir", type=Path, default=None, help=f"metrics cache (default: {default_cache_dir()})")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the setup command (shared by `blap setup-metrics`)."""
+    parser.add_argument("--cache-dir", type=Path, help=f"metrics cache (default: {default_cache_dir()})")
     parser.add_argument("--skip-spice", action="store_true", help="do not fetch Stanford CoreNLP for SPICE")
     parser.add_argument("--skip-fense", action="store_true", help="do not fetch the Sentence-BERT and FENSE models")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetches what is missing, as the parsed options say; returns the exit status."""
     cache_dir = default_cache_dir() if args.cache_dir is None else args.cache_dir
     if not args.skip_spice:
         setup_spice()
@@ -119,9 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         setup_sentence_bert(cache_dir)
         setup_fense(cache_dir)
         print(f"Sentence-BERT and FENSE: models are in {cache_dir}.")
-        if args.cache_dir is not None and Path(args.cache_dir) != default_cache_dir():
+        if Path(cache_dir) != default_cache_dir():
             print(f"Set BLAP_METRICS_CACHE={cache_dir} (or pass cache_dir=...) when computing the metrics.")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformers_blap.evaluation.setup_metrics",
+        description="Fetch what SPICE, Sentence-BERT similarity and FENSE need (needs network, run once).",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
