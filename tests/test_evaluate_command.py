@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from tiny import tiny_config, tiny_processor
 
 from transformers_blap import BlapForConditionalGeneration
 from transformers_blap.evaluation.command import main
+
+from tiny import tiny_config, tiny_processor
 
 DATA = Path(__file__).parent / "data"
 FAST = ["--num-beams", "2", "--max-new-tokens", "5", "--min-length", "1", "--batch-size", "2", "--device", "cpu"]
