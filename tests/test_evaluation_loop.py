@@ -68,7 +68,7 @@ def test_report_predictions_and_table(captioner, musiccaps, capsys):
     assert report["clips_scored"] == 2
     assert [failure["clip_id"] for failure in report["clips_failed"]] == ["eeeTestClip5"]
     assert report["generation"]["num_beams"] == 2 and report["generation"]["max_new_tokens"] == 6
-    assert report["prompt"] == "Generate an objective music description."
+    assert report["prompt"] == "Generate an objective music description." and report["long_audio"] == "first"
 
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     captions = {record["clip_id"]: record["caption"] for record in records if "caption" in record}

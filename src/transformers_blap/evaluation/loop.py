@@ -177,7 +177,9 @@ def run_evaluation(
     Then every clip with audio is captioned (resumable, see `generate_predictions`) with the model's generation
     settings (BLAP's: 10 beams, 40 new tokens, `min_length` 30) and the processor's prompt, overridden by
     `generate_kwargs`; the captions are scored against the clips' references; the report records the benchmark
-    counts (missing audio included), the settings, the failures and the scores.
+    counts (missing audio included), the settings, the failures and the scores. Audio longer than the model's window
+    (Song Describer's full tracks) is cut to one window by the feature extractor's `long_audio` policy ("first" 10 s
+    unless the processor was saved or set otherwise); the report records which.
 
     Args:
         model (`BlapForConditionalGeneration`): the captioner (its `generate` and `device` are used).
@@ -223,6 +225,7 @@ def run_evaluation(
         "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
         "prompt": getattr(processor, "prompt", None),
         "generation": _generation_settings(model, generate_kwargs),
+        "long_audio": getattr(processor.feature_extractor, "long_audio", None),
         "clips_scored": len(scored),
         "clips_failed": failed,
         "metrics": scores,
