@@ -423,8 +423,8 @@ def test_finetuning_is_one_command(processor, tmp_path):
             "--per_device_train_batch_size", "2",
             "--learning_rate", "1e-3",
             "--eval_strategy", "steps",
-            "--eval_steps", "1",
-            "--save_steps", "1",
+            "--eval_steps", "2",
+            "--save_steps", "2",
             "--metric_for_best_model", "cider_d",
             "--load_best_model_at_end",
             "--early_stopping_patience", "3",
@@ -469,3 +469,23 @@ def test_lora_finetuning_from_the_command_line_saves_the_adapter(processor, tmp_
     assert "library_name: peft" in card and "| lora | r=2," in card and "caption_augmentation | None" in card
     model = load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), output)
     assert not any(param.requires_grad for param in model.parameters())
+
+
+def test_memory_estimate_counts_parameters_and_saved_activations():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "estimate_memory.py"
+    spec = importlib.util.spec_from_file_location("estimate_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = deterministic_model().config
+    counts = module.parameter_counts(config)
+    model = deterministic_model()
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in [*model.audio_encoder.parameters(), *model.language_model.parameters()]
+    )
+    assert counts["language_model"] == model.language_model.num_parameters()
+    sizes = {"batch_size": 2, "prompt_tokens": 5, "caption_tokens": 8}
+    full = module.saved_activation_bytes(config, bf16=False, checkpointing=False, **sizes)
+    checkpointed = module.saved_activation_bytes(config, bf16=False, checkpointing=True, **sizes)
+    doubled = module.saved_activation_bytes(config, bf16=False, checkpointing=False, **dict(sizes, batch_size=4))
+    assert 0 < checkpointed < full
+    assert doubled == pytest.approx(2 * full, rel=0.05)
