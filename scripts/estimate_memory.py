@@ -13,7 +13,13 @@ from a memory model, not measured on a GPU:
   recording every tensor saved for backward (deduplicated by storage, parameters excluded), and extrapolating
   linearly to 24 + 24 layers. With gradient checkpointing only each T5 block's input is kept (plus one block's
   activations while it is recomputed, taken from the bf16 run without checkpointing).
+- logits gradients: when backward starts, the gradients of the float32 logits and of the compute-dtype logits
+  (caption tokens x 32128 x (4 + 2 or 4) bytes per clip) exist on top of the saved activations.
 - fixed: CUDA context, cuBLAS workspaces and allocator slack, taken as 2 GiB, plus 10 % of the total as margin.
+
+- the HTS-AT forward runs without autograd before anything above is held; its transient (4096 patch tokens x 96-384
+  channels, 64 x 64 window attention maps) is the peak of the live intermediate tensors of a no-grad forward pass
+  (tracked per operator on the CPU, 2 clips minus 1). A clip needs the larger of the two.
 
 Sequence lengths: 32 query tokens + the prompt (`--prompt_tokens`, 10 for the default prompt) in the T5 encoder and
 `--caption_tokens` (max_txt_len, 64) in the decoder; every clip is one 10 s window.
@@ -24,8 +30,12 @@ Sequence lengths: 32 query tokens + the prompt (`--prompt_tokens`, 10 for the de
 import argparse
 import contextlib
 import math
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from transformers import ClapAudioModel
 
 from transformers_blap import BlapConfig, BlapForConditionalGeneration
 from transformers_blap.training import configure_stage2_trainable
@@ -85,6 +95,65 @@ def saved_activation_bytes(
     return sum(seen.values())
 
 
+class PeakLiveBytes(TorchDispatchMode):
+    """
+    Peak bytes of the tensors that operators create while the mode is active, each storage counted once and freed
+    when the last tensor viewing it is garbage-collected. Exact for no-grad code (nothing is kept alive by autograd).
+
+    Args:
+        excluded (`set[int]`): storage addresses not to count (the model's weights and buffers).
+    """
+
+    def __init__(self, excluded: set[int]):
+        super().__init__()
+        self.excluded = excluded
+        self.live = 0
+        self.peak = 0
+        self._storages: dict[int, list[int]] = {}  # address -> [live tensors, bytes]
+
+    def _release(self, address: int) -> None:
+        entry = self._storages[address]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self._storages[address]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(output)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            address = storage.data_ptr()
+            if address == 0 or address in self.excluded:
+                continue
+            entry = self._storages.get(address)
+            if entry is None:
+                entry = self._storages[address] = [0, storage.nbytes()]
+                self.live += entry[1]
+                self.peak = max(self.peak, self.live)
+            entry[0] += 1
+            weakref.finalize(tensor, self._release, address)
+        return output
+
+
+def audio_encoder_transient_bytes(bf16: bool) -> float:
+    """Per-clip peak of the intermediate tensors of a no-grad forward pass of the full HTS-AT (2 clips minus 1)."""
+    audio_config = BlapConfig().audio_config
+    model = ClapAudioModel(audio_config).eval()
+    if bf16:
+        model.to(torch.bfloat16)
+    weights = {tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), *model.buffers()]}
+    frames = min(1001, audio_config.spec_size * audio_config.spec_size // audio_config.num_mel_bins)
+    peaks = []
+    for batch_size in (1, 2):
+        features = torch.randn(batch_size, 1, frames, audio_config.num_mel_bins, dtype=model.dtype)
+        with torch.no_grad(), PeakLiveBytes(weights) as tracker:
+            model(input_features=features)
+        peaks.append(tracker.peak)
+    return peaks[1] - peaks[0]
+
+
 def activation_model(args: argparse.Namespace, bf16: bool, checkpointing: bool) -> tuple[float, float, float]:
     """Per-clip activation bytes: (constant part, per encoder layer, per decoder layer), from three cut models."""
     measurements = {}
@@ -122,7 +191,7 @@ def main() -> None:
         ("bf16 frozen weights, bf16 autocast", 2, True, False),
         ("bf16 frozen weights, bf16 autocast, gradient checkpointing", 2, True, True),
     ]
-    header = "| setting | weights + optimizer (GiB) | activations per clip (MiB) | " + " | ".join(
+    header = "| setting | weights + optimizer (GiB) | per clip (MiB) | " + " | ".join(
         f"max batch {gib} GB" for gib in args.gpus_gib
     )
     rows = [header + " |", "|" + "---|" * (3 + len(args.gpus_gib))]
@@ -134,6 +203,11 @@ def main() -> None:
             per_clip += largest_layer  # one block's activations exist again while it is recomputed
         else:
             largest_layer = max(per_encoder, per_decoder)
+        # When backward starts, the gradient of the float32 logits (the loss upcasts them) and of the logits in the
+        # compute dtype exist on top of everything saved.
+        per_clip += args.caption_tokens * config.text_config.vocab_size * (4 + (2 if bf16 else 4))
+        audio = audio_encoder_transient_bytes(bf16)
+        per_clip = max(per_clip, audio)
         static = (
             counts["trainable"] * (4 + TRAINABLE_STATE_BYTES)
             + (counts["audio_encoder"] + counts["language_model"]) * frozen_bytes
@@ -144,8 +218,9 @@ def main() -> None:
             batches.append(str(max(0, math.floor(budget / per_clip))))
         rows.append(f"| {label} | {static / GIB:.1f} | {per_clip / 2**20:.0f} | " + " | ".join(batches) + " |")
         print(
-            f"{label}: activations per clip = {constant / 2**20:.1f} MiB + {layers[0]} x {per_encoder / 2**20:.2f}"
-            f" MiB (encoder layer) + {layers[1]} x {per_decoder / 2**20:.2f} MiB (decoder layer)"
+            f"{label}: saved activations per clip = {constant / 2**20:.1f} MiB + {layers[0]} x"
+            f" {per_encoder / 2**20:.2f} MiB (encoder layer) + {layers[1]} x {per_decoder / 2**20:.2f} MiB (decoder"
+            f" layer); HTS-AT forward transient {audio / 2**20:.1f} MiB; per clip {per_clip / 2**20:.1f} MiB"
         )
     print()
     print("\n".join(rows))

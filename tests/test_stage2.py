@@ -489,3 +489,12 @@ def test_memory_estimate_counts_parameters_and_saved_activations():
     doubled = module.saved_activation_bytes(config, bf16=False, checkpointing=False, **dict(sizes, batch_size=4))
     assert 0 < checkpointed < full
     assert doubled == pytest.approx(2 * full, rel=0.05)
+
+    with torch.no_grad(), module.PeakLiveBytes(excluded=set()) as tracker:
+        first = torch.ones(256, 1024)  # 1 MiB
+        second = first * 2
+        del first
+        third = second + 1
+    assert tracker.peak == 2 * 2**20 and tracker.live == 2 * 2**20
+    del second, third
+    assert tracker.live == 0
