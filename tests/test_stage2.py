@@ -327,6 +327,68 @@ def test_lora_trains_adapter_and_stage2_weights_and_saves_only_them(processor, c
         assert not torch.allclose(base(**batch).logits, expected.logits)
 
 
+def test_lora_best_checkpoint_and_resume_read_the_adapter_back(processor, clip_dataset, tmp_path):
+    model = deterministic_model()
+    model.save_pretrained(tmp_path / "base")
+    model = BlapForConditionalGeneration.from_pretrained(tmp_path / "base")
+    add_lora(model, r=2, lora_dropout=0.0)
+    args = sgd_args(
+        tmp_path / "out",
+        learning_rate=0.05,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        metric_for_best_model="score",
+        load_best_model_at_end=True,
+    )
+    trainer = BlapStage2Trainer(
+        model,
+        args,
+        train_dataset=clip_dataset,
+        eval_dataset=clip_dataset.select(range(1)),
+        processing_class=processor,
+        caption_metrics=ScriptedMetrics([0.9, 0.1]),
+    )
+    trainer.train()
+    best = tmp_path / "out" / "checkpoint-1"
+    assert trainer.state.best_model_checkpoint == str(best)
+    state = dict(trainer.model.named_parameters())
+    best_stage2 = safetensors.torch.load_file(best / "stage2_trainable.safetensors")
+    last_stage2 = safetensors.torch.load_file(tmp_path / "out" / "checkpoint-2" / "stage2_trainable.safetensors")
+    assert not torch.equal(best_stage2["query_tokens"], last_stage2["query_tokens"])
+    for name, value in best_stage2.items():
+        torch.testing.assert_close(state[name], value, msg=name)
+    best_lora = safetensors.torch.load_file(best / "lora" / "adapter_model.safetensors")
+    for key, value in best_lora.items():
+        name = key.removeprefix("base_model.model.").replace(".weight", ".default.weight")
+        torch.testing.assert_close(state[name], value, msg=name)
+        assert state[name].requires_grad
+
+    args.load_best_model_at_end = False
+    resumed = BlapStage2Trainer(
+        add_lora_to(BlapForConditionalGeneration.from_pretrained(tmp_path / "base")),
+        args,
+        train_dataset=clip_dataset,
+        eval_dataset=clip_dataset.select(range(1)),
+        processing_class=processor,
+        caption_metrics=ScriptedMetrics([0.5]),
+    )
+    resumed.train(resume_from_checkpoint=str(best))
+    assert resumed.state.global_step == 2
+    final = safetensors.torch.load_file(tmp_path / "out" / "checkpoint-2" / "stage2_trainable.safetensors")
+    for name, value in dict(resumed.model.named_parameters()).items():
+        if name in final:
+            torch.testing.assert_close(value, final[name], msg=name)
+
+
+def add_lora_to(model: BlapForConditionalGeneration) -> BlapForConditionalGeneration:
+    add_lora(model, r=2, lora_dropout=0.0)
+    return model
+
+
 def test_lora_targets_only_the_language_model():
     with pytest.raises(ValueError, match="outside the language model"):
         add_lora(deterministic_model(), target_modules=["query", "q"])

@@ -445,6 +445,12 @@ class BlapStage2Trainer(Seq2SeqTrainer):
             eval_data_collator = (
                 data_collator.for_evaluation() if hasattr(data_collator, "for_evaluation") else data_collator
             )
+        if caption_metrics is not None and not args.predict_with_generate:
+            warnings.warn(
+                "`caption_metrics` is given but `predict_with_generate=False`: evaluation reports the loss only.",
+                UserWarning,
+                stacklevel=2,
+            )
         if num_logged_captions < 0:
             raise ValueError(f"`num_logged_captions` must be >= 0, got {num_logged_captions}.")
         warn_if_float16(model, args)
