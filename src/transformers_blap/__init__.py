@@ -3,10 +3,12 @@
 from .configuration_blap import DEFAULT_PROMPT, BlapConfig
 from .feature_extraction_blap import BlapFeatureExtractor
 from .modeling_blap import BlapForConditionalGeneration, BlapForConditionalGenerationModelOutput, BlapPreTrainedModel
+from .pipeline_audio_to_text import AudioToTextPipeline
 from .processing_blap import BlapProcessor
 
 __all__ = [
     "DEFAULT_PROMPT",
+    "AudioToTextPipeline",
     "BlapConfig",
     "BlapFeatureExtractor",
     "BlapForConditionalGeneration",
@@ -17,8 +19,12 @@ __all__ = [
 
 # Make "blap" a model type that the Auto* classes resolve once this package is imported.
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoProcessor  # noqa: E402
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
 
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
 AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-to-text", pipeline_class=AudioToTextPipeline, pt_model=AutoModelForSpeechSeq2Seq, type="multimodal"
+)
