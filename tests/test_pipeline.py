@@ -1,15 +1,13 @@
 import io
 import json
 
-import numpy as np
 import pytest
 import torch
+from blap_testing import RATE, save_tiny_blap, tone, write_audio
 from transformers import pipeline
 
 from transformers_blap import AudioToTextPipeline, BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.audio import AudioDecodeError, load_audio, select_track_caption, split_windows, window_bounds
-
-from blap_testing import RATE, save_tiny_blap, tone, write_audio
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +102,9 @@ def test_datasets_audio_column(captioner, tmp_path):
 
 
 def test_batching_across_inputs_changes_nothing(captioner):
-    inputs = [tone(seconds, frequency=f, seed=i) for i, (seconds, f) in enumerate([(2.5, 200), (0.4, 800), (1.7, 3000)])]
+    inputs = [
+        tone(seconds, frequency=f, seed=i) for i, (seconds, f) in enumerate([(2.5, 200), (0.4, 800), (1.7, 3000)])
+    ]
     one_by_one = captioner(inputs, sampling_rate=RATE, batch_size=1)
     batched = captioner(inputs, sampling_rate=RATE, batch_size=5)
     assert batched == one_by_one

@@ -21,6 +21,8 @@ __all__ = [
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoProcessor  # noqa: E402
 from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
 
+from .hub import install_hub_support  # noqa: E402
+
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
 AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
@@ -28,3 +30,5 @@ AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exi
 PIPELINE_REGISTRY.register_pipeline(
     "audio-to-text", pipeline_class=AudioToTextPipeline, pt_model=AutoModelForSpeechSeq2Seq, type="multimodal"
 )
+# save_pretrained / push_to_hub write remote code, the custom pipeline entry and the model card (see hub.py).
+install_hub_support()
