@@ -140,20 +140,21 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 
 def _remote_code_json(folder: Path) -> dict[str, dict[str, Any]]:
     """
-    The JSON files of `folder` with the remote-code entries added: `{file name: content}` for `config.json` and, when
-    present, `processor_config.json` / `preprocessor_config.json`.
+    The JSON files of `folder` with the remote-code entries added: `{file name: content}` for those of
+    `config.json`, `processor_config.json` and `preprocessor_config.json` that exist.
     """
+    updated = {}
     config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: save the model there first (model.save_pretrained).")
-    config = _read_json(config_file)
-    if config.get("model_type") != BlapConfig.model_type:
-        raise ValueError(
-            f"{config_file} describes model_type={config.get('model_type')!r}, not a {BlapConfig.model_type!r} model."
-        )
-    config["auto_map"] = {**config.get("auto_map", {}), **MODEL_AUTO_MAP}
-    config["custom_pipelines"] = CUSTOM_PIPELINES
-    updated = {"config.json": config}
+    if config_file.is_file():
+        config = _read_json(config_file)
+        if config.get("model_type") != BlapConfig.model_type:
+            raise ValueError(
+                f"{config_file} describes model_type={config.get('model_type')!r}, not a"
+                f" {BlapConfig.model_type!r} model."
+            )
+        config["auto_map"] = {**config.get("auto_map", {}), **MODEL_AUTO_MAP}
+        config["custom_pipelines"] = CUSTOM_PIPELINES
+        updated["config.json"] = config
 
     processor_file = folder / "processor_config.json"
     if processor_file.is_file():
@@ -168,16 +169,23 @@ def _remote_code_json(folder: Path) -> dict[str, dict[str, Any]]:
         feature_extractor = _read_json(feature_extractor_file)
         feature_extractor["auto_map"] = {**feature_extractor.get("auto_map", {}), **FEATURE_EXTRACTOR_AUTO_MAP}
         updated["preprocessor_config.json"] = feature_extractor
+    if not updated:
+        raise FileNotFoundError(
+            f"{folder} holds no config.json, processor_config.json or preprocessor_config.json: save the model and the"
+            " processor there first."
+        )
     return updated
 
 
 def add_remote_code(save_directory: str | os.PathLike) -> list[Path]:
     """
     Make a saved BLAP folder loadable with `trust_remote_code=True` and without this package: write the `auto_map` and
-    `custom_pipelines` entries into its JSON files and copy the code files beside them. Idempotent.
+    `custom_pipelines` entries into its JSON files and copy the code files beside them. Idempotent. The
+    model's `save_pretrained` calls it (see [`install_hub_support`]).
 
     Args:
-        save_directory (`str` or `os.PathLike`): a folder holding at least the model's `config.json`.
+        save_directory (`str` or `os.PathLike`): a folder holding the model's `config.json` and/or the processor's
+            `processor_config.json`.
 
     Returns:
         `list[Path]`: the files written.
@@ -306,6 +314,8 @@ def _folder_operations(
     Every file of a complete repository, as commit operations: the folder's own files (its JSON files with the
     remote-code entries added), the code files, and README.md (the folder's, else `model_card`).
     """
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: save the model there first (model.save_pretrained).")
     json_files = {name: _json_bytes(content) for name, content in _remote_code_json(folder).items()}
     code_files = {path.name: path for path in remote_code_files()}
     if require_processor and not (folder / "processor_config.json").is_file():
@@ -405,16 +415,17 @@ def push_folder(
 # ----------------------------------------------------------------------------------- model save/push integration
 
 
-def _save_pretrained(self: BlapForConditionalGeneration, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-    """`PreTrainedModel.save_pretrained`, then the custom pipeline entry and its code (see [`add_remote_code`])."""
+def _model_save_pretrained(
+    self: BlapForConditionalGeneration, save_directory: str | os.PathLike, *args, **kwargs
+) -> None:
+    """`PreTrainedModel.save_pretrained`, then the remote code and the custom pipeline entry ([`add_remote_code`])."""
     push_to_hub = kwargs.pop("push_to_hub", False)
     push_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token") if key in kwargs}
     PreTrainedModel.save_pretrained(self, save_directory, *args, **kwargs)
     if kwargs.get("is_main_process", True):
         add_remote_code(save_directory)
     if push_to_hub:
-        repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
-        self.push_to_hub(repo_id, **push_kwargs)
+        self.push_to_hub(push_kwargs.pop("repo_id", Path(save_directory).name), **push_kwargs)
 
 
 def _push_to_hub(
@@ -463,18 +474,21 @@ def _push_to_hub(
 
 def install_hub_support() -> None:
     """
-    Make the package's classes publish remote code (run once when `transformers_blap` is imported):
+    Make the package's model and processor publish remote code (run once when `transformers_blap` is imported):
 
-    - config, model, feature extractor and processor register for their Auto classes, so their `save_pretrained`
-      writes `auto_map` and copies their modules;
-    - `BlapForConditionalGeneration.save_pretrained` also writes the custom pipeline entry and copies the pipeline and
-      audio modules; its `push_to_hub` uploads all of it with the rendered model card.
+    - the processor and its feature extractor register for `AutoProcessor` / `AutoFeatureExtractor`, so their
+      `save_pretrained` (and `push_to_hub`) write `auto_map` and copy their modules, as transformers does for any
+      registered class;
+    - the model's `save_pretrained` also writes `auto_map` and `custom_pipelines` into the saved `config.json` and
+      copies the code files ([`add_remote_code`]); its `push_to_hub` uploads all of it with a model card rendered by
+      [`render_model_card`].
+
+    The config and the model are not registered with `register_for_auto_class`: that would put `auto_map` into the
+    in-memory config on every save, and `config.save_pretrained` would no longer round-trip exactly.
     """
-    BlapConfig.register_for_auto_class("AutoConfig")
-    BlapForConditionalGeneration.register_for_auto_class(REMOTE_MODEL_AUTO_CLASS)
     BlapFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     BlapProcessor.register_for_auto_class("AutoProcessor")
-    BlapForConditionalGeneration.save_pretrained = _save_pretrained
+    BlapForConditionalGeneration.save_pretrained = _model_save_pretrained
     BlapForConditionalGeneration.push_to_hub = _push_to_hub
 
 
