@@ -161,7 +161,13 @@ def test_usage_errors(model_dir, tmp_path, capsys):
     assert "no audio files found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         caption(tmp_path, "--model", model_dir, "--output", tmp_path / "o.jsonl", "--batch-size", "0")
-    assert not (tmp_path / "o.jsonl").exists()
+    # Bad window settings stop the run before any input, instead of failing every input.
+    write_audio(tmp_path / "a.wav", tone(1.0))
+    assert caption(tmp_path / "a.wav", "--model", model_dir, "--output", tmp_path / "o.jsonl", "--window-s", "5") == 2
+    assert "longer than the model's 1 s window" in capsys.readouterr().err
+    assert caption(tmp_path / "a.wav", "--model", model_dir, "--output", tmp_path / "o.jsonl", "--hop-s", "0") == 2
+    assert "`hop_s` must be in (0, window_s=1]" in capsys.readouterr().err
+    assert read_records(tmp_path / "o.jsonl") == []
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ rank 0 merges the parts into OUTPUT in input order and removes them.
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ def part_path(output: str | os.PathLike, rank: int, world_size: int) -> Path:
 
 
 def _part_files(output: Path) -> list[Path]:
-    return sorted(output.parent.glob(f"{output.name}.part-*-of-*"))
+    pattern = re.compile(re.escape(output.name) + r"\.part-\d+-of-\d+")
+    return sorted(path for path in output.parent.glob(f"{output.name}.part-*") if pattern.fullmatch(path.name))
 
 
 def captioned_paths(output: str | os.PathLike) -> set[str]:
@@ -270,6 +272,7 @@ def caption_files(
     pending = [_Track(path) for path in paths if path not in skip]
     preprocess_params, forward_params, postprocess_params = pipe._sanitize_parameters(**pipeline_kwargs)
     preprocess_params = {**pipe._preprocess_params, **preprocess_params}
+    pipe.window_settings(*(preprocess_params.get(name) for name in ("window_s", "hop_s", "min_tail_s")))
     forward_params = {**pipe._forward_params, **forward_params}
     postprocess_params = {**pipe._postprocess_params, **postprocess_params}
     collate = pad_collate_fn(pipe.tokenizer, pipe.feature_extractor)

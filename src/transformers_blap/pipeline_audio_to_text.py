@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
-from .audio import DEFAULT_MIN_TAIL_S, DEFAULT_WINDOW_S, iter_windows, select_track_caption
+from .audio import DEFAULT_MIN_TAIL_S, DEFAULT_WINDOW_S, iter_windows, select_track_caption, window_bounds
 
 # This module ships as Hub remote code beside the model's: it imports only `transformers`, numpy, torch and its
 # flat sibling `audio`, and never checks classes with `isinstance` (each remote file is its own module, so the model,
@@ -124,20 +124,11 @@ class AudioToTextPipeline(ChunkPipeline):
             `dict` with `audio` `(1, window_samples)`, the tokenized prompt `input_ids` / `attention_mask`
             `(1, prompt_length)`, `start` / `end` in seconds and `is_last`.
         """
-        feature_extractor = self.feature_extractor
-        model_window_s = feature_extractor.max_length_s
-        window_s = model_window_s if window_s is None else window_s
-        if window_s > model_window_s:
-            raise ValueError(
-                f"`window_s`={window_s} is longer than the model's {model_window_s} s window: the model would see only"
-                " part of each window."
-            )
-        if min_tail_s is None:
-            min_tail_s = DEFAULT_MIN_TAIL_S * window_s / DEFAULT_WINDOW_S
+        window_s, hop_s, min_tail_s = self.window_settings(window_s, hop_s, min_tail_s)
         source, source_sampling_rate = self._audio_source(inputs, sampling_rate)
         windows = iter_windows(
             source,
-            feature_extractor.sampling_rate,
+            self.feature_extractor.sampling_rate,
             window_s=window_s,
             hop_s=hop_s,
             min_tail_s=min_tail_s,
@@ -152,6 +143,28 @@ class AudioToTextPipeline(ChunkPipeline):
             yield self._window_item(window, prompt_tokens, is_last=False)
             window = upcoming
         yield self._window_item(window, prompt_tokens, is_last=True)
+
+    def window_settings(
+        self, window_s: float | None = None, hop_s: float | None = None, min_tail_s: float | None = None
+    ) -> tuple[float, float | None, float]:
+        """
+        The window options with their defaults filled in (see `__call__`); bad values raise `ValueError` here, before
+        any audio is read.
+
+        Returns:
+            `(window_s, hop_s, min_tail_s)`; `hop_s` stays `None` for "equal to `window_s`".
+        """
+        model_window_s = self.feature_extractor.max_length_s
+        window_s = model_window_s if window_s is None else window_s
+        if window_s > model_window_s:
+            raise ValueError(
+                f"`window_s`={window_s} is longer than the model's {model_window_s} s window: the model would see only"
+                " part of each window."
+            )
+        if min_tail_s is None:
+            min_tail_s = DEFAULT_MIN_TAIL_S * window_s / DEFAULT_WINDOW_S
+        window_bounds(1, self.feature_extractor.sampling_rate, window_s, hop_s, min_tail_s)  # checks the values
+        return window_s, hop_s, min_tail_s
 
     @staticmethod
     def _audio_source(inputs: Any, sampling_rate: int | None) -> tuple[Any, int | None]:
