@@ -210,3 +210,12 @@ def test_sharded_across_two_processes(model_dir, tmp_path):
     assert {r["path"]: r for r in records if r["path"] != inputs[3]} == {
         p: expected[p] for p in inputs if p != inputs[3]
     }
+
+
+def test_blap_command_lists_its_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for command in ("caption", "push", "evaluate", "setup-metrics"):
+        assert f"    {command}" in help_text, command

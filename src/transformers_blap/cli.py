@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from .evaluation.command import add_evaluate_command, add_setup_metrics_command
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -180,7 +182,12 @@ def run_push(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_caption_command, add_push_command]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_caption_command,
+    add_push_command,
+    add_evaluate_command,
+    add_setup_metrics_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
