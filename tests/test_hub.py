@@ -85,7 +85,9 @@ def test_model_card_validates_and_carries_metadata():
     assert 'pipeline("audio-to-text", model="someone/blap-musiccaps")' in text
     assert 'pipeline(model="someone/blap-musiccaps", trust_remote_code=True)' in text
     assert CITATION in text
+    assert "| data set | BLEU@1 | BLEU@4 | FENSE | SPIDEr | SPICE | cider |" in text
     assert "| MusicCaps | 26.2 | 3.3 | 56.6 | 8.8 | 11.2 | 9.1 |" in text
+    assert "Source: [BLAP paper, Table 1](https://openreview.net/forum?id=23LTPLTB88)." in text
 
 
 def test_model_card_without_results_has_no_model_index():
@@ -247,24 +249,17 @@ def test_model_and_processor_push_to_hub_publish_a_complete_repo(fake_hub, t5_to
 
 
 def test_blap_push_uploads_everything_in_one_commit(fake_hub, model_dir, tmp_path, capsys):
+    report_file = tmp_path / "report.json"  # as `blap evaluate` writes it (the fields the card reads)
+    report = {"benchmark": {"benchmark": "song_describer", "split": "test"}, "metrics_x100": {"bleu_4": 0.52}}
+    report_file.write_text(json.dumps(report))
     results_file = tmp_path / "results.json"
-    results_file.write_text(
-        json.dumps(
-            [
-                {
-                    "dataset_type": "google/MusicCaps",
-                    "dataset_name": "MusicCaps",
-                    "metric_type": "bleu_4",
-                    "metric_value": 3.1,
-                    "dataset_split": "test",
-                }
-            ]
-        )  # fmt: skip
-    )
+    results = [{"dataset_type": "google/MusicCaps", "dataset_name": "MusicCaps", "metric_type": "cider"}]
+    results[0]["metric_value"] = 9
+    results_file.write_text(json.dumps(results))
     before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in model_dir.iterdir()}
     status = main(
         ["push", str(model_dir), "someone/blap-cli", "--dataset", "google/MusicCaps", "--license", "cc-by-4.0"]
-        + ["--eval-results", str(results_file), "--tag", "converted"]
+        + ["--eval-report", str(report_file), "--eval-results", str(results_file), "--tag", "converted"]
     )
     assert status == 0
     assert capsys.readouterr().out.strip().startswith("https://huggingface.co/someone/blap-cli/commit/")
@@ -276,8 +271,10 @@ def test_blap_push_uploads_everything_in_one_commit(fake_hub, model_dir, tmp_pat
     card = ModelCard(files["README.md"].decode())
     assert card.data.license == "cc-by-4.0"
     assert card.data.datasets == ["google/MusicCaps"]
-    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [
-        ("bleu_4", 3.1, "test")
+    assert "converted" in card.data.tags
+    assert [(r.dataset_type, r.dataset_split, r.metric_name, r.metric_value) for r in card.data.eval_results] == [
+        ("renumics/song-describer-dataset", "test", "BLEU@4", 0.52),
+        ("google/MusicCaps", None, None, 9),
     ]
     assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in model_dir.iterdir()} == before
 

@@ -131,6 +131,7 @@ def add_push_command(subparsers: argparse._SubParsersAction) -> None:
     card.add_argument("--base-model", action="append", help="base model id (repeatable; default google/flan-t5-xl)")
     card.add_argument("--dataset", action="append", help="training data set id (repeatable)")
     card.add_argument("--tag", action="append", default=[], help="extra tag (repeatable)")
+    card.add_argument("--eval-report", action="append", default=[], help="a `blap evaluate` report.json (repeatable)")
     card.add_argument(
         "--eval-results",
         help="JSON file: a list of results, each with dataset_type, dataset_name, metric_type, metric_value (and"
@@ -144,12 +145,15 @@ def run_push(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .configuration_blap import BlapConfig
-    from .hub import DEFAULT_BASE_MODEL, PAPER_RESULTS, push_folder, render_model_card
+    from .hub import DEFAULT_BASE_MODEL, PAPER_RESULTS, eval_results_from_report, push_folder, render_model_card
 
     folder = Path(args.folder)
     model_card = None
     if not (folder / "README.md").is_file():
         eval_results = list(PAPER_RESULTS) if args.paper_results else []
+        for report_file in args.eval_report:
+            with open(report_file, encoding="utf-8") as handle:
+                eval_results += eval_results_from_report(json.load(handle))
         if args.eval_results:
             with open(args.eval_results, encoding="utf-8") as handle:
                 loaded = json.load(handle)

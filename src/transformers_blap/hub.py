@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from .configuration_blap import BlapConfig
+from .evaluation.report import BENCHMARK_TITLES, PUBLISHED_TABLE1, TABLE1_COLUMNS
 from .feature_extraction_blap import BlapFeatureExtractor
 from .modeling_blap import BLAP_GENERATION_DEFAULTS, BlapForConditionalGeneration
 from .pipeline_audio_to_text import AudioToTextPipeline
@@ -58,32 +59,57 @@ CITATION = """@inproceedings{lanzendoerfer2024blap,
   url       = {https://openreview.net/forum?id=23LTPLTB88}
 }"""
 
-# Table 1 of the paper (x100). Only the original release's weights may claim them: pass them to `render_model_card`
-# (`eval_results=PAPER_RESULTS`, `blap push --paper-results`) when publishing a conversion of that checkpoint.
-_PAPER_METRICS = (
-    ("bleu_1", "BLEU@1"),
-    ("bleu_4", "BLEU@4"),
-    ("fense", "FENSE"),
-    ("spider", "SPIDEr"),
-    ("spice", "SPICE"),
-)
-_PAPER_TABLE = {
-    ("google/MusicCaps", "MusicCaps"): (26.2, 3.3, 56.6, 8.8, 11.2),
-    ("renumics/song-describer-dataset", "Song Describer"): (12.9, 0.4, 49.1, 4.3, 6.6),
-    ("youtube8m-musictextclips", "YouTube8M-MusicTextClips"): (11.6, 0.3, 51.6, 3.9, 7.4),
+# Hub ids of the benchmarks (`model-index` names a data set by its Hub id where there is one).
+BENCHMARK_DATASET_IDS = {
+    "musiccaps": "google/MusicCaps",
+    "song_describer": "renumics/song-describer-dataset",
+    "yt8m_musictextclips": "yt8m_musictextclips",
 }
+
+
+def eval_results_from_report(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    `model-index` results (x100, as in the paper) from a `blap evaluate` report (`report.json`).
+
+    Args:
+        report (`dict`): the report `transformers_blap.evaluation.run_evaluation` writes.
+
+    Returns:
+        `list[dict]`: one result per metric, for [`render_model_card`]'s `eval_results`.
+    """
+    try:
+        benchmark = report["benchmark"]["benchmark"]
+        split = report["benchmark"].get("split")
+        scores = report["metrics_x100"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"Not a `blap evaluate` report (missing {error}).") from error
+    return [
+        {
+            "dataset_type": BENCHMARK_DATASET_IDS.get(benchmark, benchmark),
+            "dataset_name": BENCHMARK_TITLES.get(benchmark, benchmark),
+            "dataset_split": split,
+            "metric_type": metric,
+            "metric_name": TABLE1_COLUMNS.get(metric, metric),
+            "metric_value": value,
+        }
+        for metric, value in scores.items()
+    ]
+
+
+# Table 1 of the paper. Only the original release's weights may claim it: pass it to `render_model_card`
+# (`eval_results=PAPER_RESULTS`, `blap push --paper-results`) when publishing a conversion of that checkpoint.
 PAPER_RESULTS = [
     {
-        "dataset_type": dataset_type,
-        "dataset_name": dataset_name,
-        "metric_type": metric_type,
-        "metric_name": metric_name,
+        "dataset_type": BENCHMARK_DATASET_IDS[benchmark],
+        "dataset_name": BENCHMARK_TITLES[benchmark],
+        "metric_type": metric,
+        "metric_name": TABLE1_COLUMNS[metric],
         "metric_value": value,
         "source_name": "BLAP paper, Table 1",
         "source_url": PAPER_URL,
     }
-    for (dataset_type, dataset_name), values in _PAPER_TABLE.items()
-    for (metric_type, metric_name), value in zip(_PAPER_METRICS, values)
+    for benchmark, rows in PUBLISHED_TABLE1.items()
+    for metric, value in rows["BLAP"].items()
 ]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
@@ -284,6 +310,13 @@ def render_model_card(
         generation_defaults=", ".join(f"{key}={value}" for key, value in BLAP_GENERATION_DEFAULTS.items()),
         hub_task=HUB_PIPELINE_TASK,
         results_table=_results_table(results),
+        results_sources=", ".join(
+            dict.fromkeys(
+                f"[{r.source_name}]({r.source_url})" if r.source_url else r.source_name
+                for r in results
+                if r.source_name
+            )
+        ),
         paper_title=PAPER_TITLE,
         paper_url=PAPER_URL,
         citation=CITATION,
@@ -497,6 +530,7 @@ __all__ = [
     "HUB_PIPELINE_TASK",
     "PAPER_RESULTS",
     "add_remote_code",
+    "eval_results_from_report",
     "install_hub_support",
     "push_folder",
     "remote_code_files",
