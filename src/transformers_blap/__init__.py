@@ -2,5 +2,23 @@
 
 from .configuration_blap import DEFAULT_PROMPT, BlapConfig
 from .feature_extraction_blap import BlapFeatureExtractor
+from .modeling_blap import BlapForConditionalGeneration, BlapForConditionalGenerationModelOutput, BlapPreTrainedModel
+from .processing_blap import BlapProcessor
 
-__all__ = ["DEFAULT_PROMPT", "BlapConfig", "BlapFeatureExtractor"]
+__all__ = [
+    "DEFAULT_PROMPT",
+    "BlapConfig",
+    "BlapFeatureExtractor",
+    "BlapForConditionalGeneration",
+    "BlapForConditionalGenerationModelOutput",
+    "BlapPreTrainedModel",
+    "BlapProcessor",
+]
+
+# Make "blap" a model type that the Auto* classes resolve once this package is imported.
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoProcessor  # noqa: E402
+
+AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
+AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
+AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
+AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)

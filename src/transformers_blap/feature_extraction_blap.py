@@ -53,13 +53,8 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
         padding_value: float = 0.0,
         **kwargs,
     ):
-        super().__init__(
-            feature_size=feature_size,
-            sampling_rate=sampling_rate,
-            padding_value=padding_value,
-            return_attention_mask=False,
-            **kwargs,
-        )
+        kwargs["return_attention_mask"] = False  # every window is full length after repeat-padding
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         if long_audio not in LONG_AUDIO_POLICIES:
             raise ValueError(f"`long_audio` must be one of {LONG_AUDIO_POLICIES}, got {long_audio!r}.")
         self.fft_window_size = fft_window_size
@@ -203,7 +198,9 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError("`raw_audio` is an empty list: pass at least one waveform.")
             items = list(raw_audio)
         else:
-            raise TypeError(f"`raw_audio` must be a numpy array, a torch tensor or a list of them, got {type(raw_audio)}.")
+            raise TypeError(
+                f"`raw_audio` must be a numpy array, a torch tensor or a list of them, got {type(raw_audio).__name__}."
+            )
         waveforms = []
         for index, item in enumerate(items):
             tensor = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item)
