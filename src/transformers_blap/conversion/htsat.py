@@ -48,8 +48,14 @@ _RENAMES = (
         re.compile(rf"patch_embed\.fusion_model\.(local_att|global_att)\.(\d+)\.{_BATCH_NORM}"),
         r"audio_encoder.patch_embed.fusion_model.\1.\2.\3",
     ),
-    (re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.norm1\.{_NORM}"), r"audio_encoder.layers.\1.blocks.\2.layernorm_before.\3"),
-    (re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.norm2\.{_NORM}"), r"audio_encoder.layers.\1.blocks.\2.layernorm_after.\3"),
+    (
+        re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.norm1\.{_NORM}"),
+        r"audio_encoder.layers.\1.blocks.\2.layernorm_before.\3",
+    ),
+    (
+        re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.norm2\.{_NORM}"),
+        r"audio_encoder.layers.\1.blocks.\2.layernorm_after.\3",
+    ),
     (
         re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.(relative_position_bias_table|relative_position_index)"),
         r"audio_encoder.layers.\1.blocks.\2.attention.self.\3",
@@ -62,8 +68,14 @@ _RENAMES = (
         re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.{_NORM}"),
         r"audio_encoder.layers.\1.blocks.\2.intermediate.dense.\3",
     ),
-    (re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.{_NORM}"), r"audio_encoder.layers.\1.blocks.\2.output.dense.\3"),
-    (re.compile(r"layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)"), r"audio_encoder.layers.\1.downsample.\2"),
+    (
+        re.compile(rf"layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.{_NORM}"),
+        r"audio_encoder.layers.\1.blocks.\2.output.dense.\3",
+    ),
+    (
+        re.compile(r"layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)"),
+        r"audio_encoder.layers.\1.downsample.\2",
+    ),
     (re.compile(rf"norm\.{_NORM}"), r"audio_encoder.norm.\1"),
 )
 _QKV = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
@@ -80,7 +92,9 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     Returns:
         `torch.LongTensor` of shape `(window_size**2, window_size**2)`.
     """
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")).flatten(1)
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")).flatten(
+        1
+    )
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
     return relative[:, :, 0] * (2 * window_size - 1) + relative[:, :, 1]
 
