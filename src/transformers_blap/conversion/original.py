@@ -244,9 +244,11 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" (first one: {found.group(1)})" if found else ""
         raise ConversionError(
-            f"Checkpoint {path} holds pickled Python objects other than weights, which are never unpickled here"
-            f" (torch.load(weights_only=True) refused it):\n{error}"
+            f"Checkpoint {path} holds pickled Python objects other than weights{what}. They are never unpickled here:"
+            " the original release stores only tensors and plain data, so this file is not (only) a BLAP checkpoint."
         ) from error
     except (RuntimeError, OSError, EOFError, ValueError) as error:
         raise ConversionError(f"Checkpoint {path} cannot be read (truncated or corrupted?): {error}") from error
@@ -794,6 +796,9 @@ def convert_original_checkpoint(
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output folder's mode
         model.save_pretrained(staging, max_shard_size=max_shard_size)
+        # save_pretrained records the dtype of the first parameter, `query_tokens`, which float16 keeps in float32.
+        model.config.dtype = dtype
+        model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "README.md").write_text(card, encoding="utf-8")
         _replace_folder(staging, output_dir)
