@@ -60,7 +60,7 @@ class BlapPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
     _no_split_modules = ["ClapAudioLayer", "Blip2QFormerLayer", "T5Block"]
     _skip_keys_device_placement = ["past_key_values"]
 
@@ -271,7 +271,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): the tokenized prompt.
             attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*).
             decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): built from
-                `labels` by T5 when omitted.
+                `labels` by T5 when omitted; without both, the decoder start token alone.
             decoder_attention_mask (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*).
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): caption tokens, -100 on
                 padding; gives `loss`.
@@ -291,6 +291,10 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         query_output = qformer_outputs.last_hidden_state.to(self.language_projection.weight.dtype)
         language_model_inputs = self.language_projection(query_output)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
+        if decoder_input_ids is None and labels is None:
+            # No target given: score the first caption token after the decoder start token.
+            start = self.config.text_config.decoder_start_token_id
+            decoder_input_ids = torch.full((inputs_embeds.shape[0], 1), start, device=inputs_embeds.device)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
