@@ -638,21 +638,27 @@ def convert_original_state_dict(
     return converted
 
 
-def _keeps_float32(key: str, keep_in_fp32_modules: Sequence[str]) -> bool:
-    """Whether `key` belongs to one of the modules transformers keeps in float32 when loading in float16."""
-    parts = key.split(".")
-    return any(module in parts for module in keep_in_fp32_modules)
+def float32_modules(model: BlapForConditionalGeneration, dtype: torch.dtype) -> set[str]:
+    """
+    The modules that `from_pretrained(dtype=dtype)` keeps in float32 (`_keep_in_fp32_modules` under float16,
+    `_keep_in_fp32_modules_strict` under float16 and bfloat16), so the converted weights are stored as they load.
+    """
+    modules = set()
+    if dtype == torch.float16:
+        modules |= set(model._keep_in_fp32_modules or ())
+    if dtype in (torch.float16, torch.bfloat16):
+        modules |= set(model._keep_in_fp32_modules_strict or ())
+    return modules
 
 
-def _cast(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype, keep_in_fp32: Sequence[str]) -> dict:
-    """Floating tensors to `dtype` (modules in `keep_in_fp32` to float32 when `dtype` is float16); others unchanged."""
+def _cast(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype, float32: set[str]) -> dict:
+    """Floating tensors to `dtype`, those of the `float32` modules to float32; other tensors unchanged."""
     cast = {}
     for key, tensor in state_dict.items():
         if not tensor.is_floating_point():
             cast[key] = tensor
             continue
-        target = torch.float32 if dtype == torch.float16 and _keeps_float32(key, keep_in_fp32) else dtype
-        cast[key] = tensor.to(target)
+        cast[key] = tensor.to(torch.float32 if float32 & set(key.split(".")) else dtype)
     # Tensors that were one object stay one object (the tied T5 embeddings).
     shared = "language_model.shared.weight"
     for key in ("language_model.encoder.embed_tokens.weight", "language_model.decoder.embed_tokens.weight"):
@@ -683,7 +689,7 @@ def build_converted_model(
         model = BlapForConditionalGeneration(config)
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
     check_state_dict_matches(state_dict, expected, "The original checkpoint (in transformers names)")
-    model.load_state_dict(_cast(state_dict, dtype, model._keep_in_fp32_modules or ()), strict=True, assign=True)
+    model.load_state_dict(_cast(state_dict, dtype, float32_modules(model, dtype)), strict=True, assign=True)
     model.tie_weights()
     language_model = model.language_model
     if config.text_config.scale_decoder_outputs != (language_model.lm_head.weight is language_model.shared.weight):
