@@ -165,7 +165,7 @@ def original_tensor_specs(dims: OriginalDims) -> dict[str, tuple[tuple[int, ...]
     return specs
 
 
-def _special_value(key: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+def fixed_value(key: str, shape: tuple[int, ...]) -> torch.Tensor | None:
     """Tensors whose value is fixed by the architecture (index buffers, STFT/mel kernels), else None."""
     if key.endswith("relative_position_index"):
         return relative_position_index(int(round(shape[0] ** 0.5)))
@@ -189,7 +189,7 @@ def random_original_state_dict(dims: OriginalDims, seed: int = 0, dtype=torch.fl
     generator = torch.Generator().manual_seed(seed)
     state_dict = {}
     for key, (shape, spec_dtype) in original_tensor_specs(dims).items():
-        special = _special_value(key, shape)
+        special = fixed_value(key, shape)
         if special is not None:
             state_dict[key] = special.to(spec_dtype if not spec_dtype.is_floating_point else torch.float32)
             continue
