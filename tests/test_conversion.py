@@ -388,6 +388,9 @@ def test_config_that_contradicts_the_checkpoint_is_a_clear_error(fixture_dir, tm
         (lambda c: c.update(num_query_tokens=16), "num_query_tokens: 16 in the config, 8 in the checkpoint"),
         (lambda c: c["audio_encoder"]["audio_cfg"].update(fmax=8000), "differs from the mel filter bank"),
         (lambda c: c["audio_encoder"]["audio_cfg"].update(model_name="base"), "but 128 for HTS-AT 'base'"),
+        (lambda c: c["audio_encoder"]["audio_cfg"].update(class_num=10), "class_num: 10 in the config, 527 in the"),
+        (lambda c: c["audio_encoder"]["audio_cfg"].update(window_size=2048), "but audio_cfg.window_size 2048 gives"),
+        (lambda c: c["audio_encoder"]["audio_cfg"].update(model_type="Cnn14"), "only the HTS-AT audio encoder"),
     ):
         config = json.loads((fixture_dir / "config.json").read_text())
         edit(config)
@@ -444,6 +447,13 @@ def test_offline_hub_lookups_fail_clearly(fixture_dir, tmp_path, monkeypatch):
             text_model="google/flan-t5-xl",
         )
     assert no_leftovers(tmp_path, "out")
+    with pytest.raises(
+        ConversionError, match="The conversion is complete in .*, but uploading it to 'me/blap' failed"
+    ):
+        convert_original_checkpoint(
+            fixture_dir / "blap_stage2.ckpt", fixture_dir / "config.json", tmp_path / "out", push_to_hub="me/blap"
+        )
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_command_line_errors_exit_with_a_message(fixture_dir, tmp_path, capsys):

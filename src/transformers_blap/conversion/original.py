@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 from transformers import (
     AutoTokenizer,
     BertConfig,
@@ -315,9 +317,6 @@ def download_original_release(repo_id: str = DEFAULT_HUB_REPO) -> tuple[Path, Pa
         [`ConversionError`]: without network (or with `HF_HUB_OFFLINE=1` and nothing cached), or when the repository
             does not hold exactly one `.ckpt` and a `config.json`.
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=["*.ckpt", "config.json"]))
     except (OSError, ValueError, HfHubHTTPError) as error:
@@ -354,6 +353,11 @@ def _require(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> tor
     if tensor.ndim != ndim:
         raise ConversionError(f"{key!r} has shape {tuple(tensor.shape)}; expected {ndim} dimensions.")
     return tensor
+
+
+def _rows(state_dict: Mapping[str, torch.Tensor], key: str) -> int | None:
+    """First dimension of an optional tensor."""
+    return state_dict[key].shape[0] if key in state_dict else None
 
 
 def qformer_config_from_original(
@@ -507,7 +511,14 @@ def blap_config_from_original(
         ("audio_encoder.audio_cfg.mel_bins", audio_config.num_mel_bins, audio_cfg["mel_bins"]),
         ("num_query_tokens", query_tokens.shape[1], original_config["num_query_tokens"]),
         ("ln_audio width", ln_audio.shape[0], audio_config.hidden_size),
+        (
+            "audio_encoder.audio_cfg.class_num",
+            _rows(state_dict, HTSAT_PREFIX + "head.weight"),
+            audio_cfg.get("class_num"),
+        ),
     ):
+        if expected is None or derived is None:
+            continue
         if derived != expected:
             problems.append(f"{name}: {expected} in the config, {derived} in the checkpoint")
     if problems:
@@ -814,13 +825,16 @@ def convert_original_checkpoint(
     logger.info("Converted %s into %s", checkpoint, output_dir)
 
     if push_to_hub is not None:
-        from huggingface_hub import HfApi
-
         api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(
-            folder_path=output_dir, repo_id=push_to_hub, commit_message="Convert the original BLAP release"
-        )
+        try:
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(
+                folder_path=output_dir, repo_id=push_to_hub, commit_message="Convert the original BLAP release"
+            )
+        except (OSError, ValueError, HfHubHTTPError) as error:
+            raise ConversionError(
+                f"The conversion is complete in {output_dir}, but uploading it to {push_to_hub!r} failed: {error}"
+            ) from error
     return output_dir
 
 
