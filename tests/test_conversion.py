@@ -37,9 +37,11 @@ from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.conversion import ConversionError, convert_htsat_state_dict, htsat_config_from_state_dict
 from transformers_blap.conversion.original import (
     RELEASE_GENERATION_DEFAULTS,
+    add_convert_original_command,
     convert_original_checkpoint,
     load_original_checkpoint,
     main,
+    run,
 )
 
 ATOL = 1e-4
@@ -458,10 +460,24 @@ def test_offline_hub_lookups_fail_clearly(fixture_dir, tmp_path, monkeypatch):
 
 def test_command_line_errors_exit_with_a_message(fixture_dir, tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "none.ckpt"), "--config", str(fixture_dir / "config.json"),
-                 "--output-dir", str(tmp_path / "out")]) == 1  # fmt: skip
-    assert f"error: Checkpoint {tmp_path / 'none.ckpt'} does not exist." in capsys.readouterr().err
-    assert main(["--output-dir", str(tmp_path / "out")]) == 1
+                 "--output-dir", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert (
+        f"blap convert-original: error: Checkpoint {tmp_path / 'none.ckpt'} does not exist." in capsys.readouterr().err
+    )
+    assert main(["--output-dir", str(tmp_path / "out")]) == 2
     assert "Both --checkpoint and --config are needed (or --from-hub)" in capsys.readouterr().err
+
+
+def test_subcommand_mounts_in_a_blap_style_parser(fixture_dir, tmp_path):
+    parser = argparse.ArgumentParser(prog="blap")
+    add_convert_original_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        ["convert-original", "--checkpoint", "c.ckpt", "--config", "c.json", "--output-dir", "o", "--from-hub"]
+    )
+    assert args.handler is run and args.from_hub == "Tino3141/blap" and args.dtype == "float32"
+    assert args.max_shard_size == "5GB" and args.text_model is None and args.qformer_model is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["convert-original", "--output-dir", "o", "--dtype", "float64"])
 
 
 # ------------------------------------------------------------------------- acceptance: another original checkpoint

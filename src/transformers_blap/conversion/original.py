@@ -913,7 +913,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a conversion from parsed arguments; a [`ConversionError`] becomes an error message and exit code 1."""
+    """Run a conversion from parsed arguments; a [`ConversionError`] becomes an error message and exit status 2."""
     try:
         output_dir = convert_original_checkpoint(
             checkpoint=args.checkpoint,
@@ -928,14 +928,30 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        print(f"blap convert-original: error: {error}", file=sys.stderr)
+        return 2
     print(f"Converted BLAP written to {output_dir}")
     return 0
 
 
+def add_convert_original_command(subparsers: argparse._SubParsersAction) -> None:
+    """Declare `blap convert-original` (in the `add_<name>_command` style of `transformers_blap.cli`)."""
+    parser = subparsers.add_parser(
+        "convert-original",
+        help="convert the original BLAP release (.ckpt + config.json) into a transformers folder",
+        description=(
+            "Convert the authors' PyTorch Lightning checkpoint and config.json (local files, or --from-hub) into a"
+            " complete transformers folder: config, generation config, safetensors weights, processor files and a"
+            " model card. Every dimension is derived from the weights and cross-checked; nothing is unpickled but"
+            " tensors; the output folder is written atomically."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m transformers_blap.conversion.original ...`: convert the original BLAP release."""
+    """`python scripts/convert_original_blap.py ...` (same options as `blap convert-original`)."""
     parser = argparse.ArgumentParser(description="Convert the original BLAP release (.ckpt + config.json).")
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -946,6 +962,7 @@ __all__ = [
     "DEFAULT_HUB_REPO",
     "RELEASE_GENERATION_DEFAULTS",
     "add_arguments",
+    "add_convert_original_command",
     "blap_config_from_original",
     "build_converted_model",
     "convert_original_checkpoint",
