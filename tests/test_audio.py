@@ -5,6 +5,7 @@ import struct
 from pathlib import Path
 
 import av
+import datasets
 import numpy as np
 import pytest
 import soundfile as sf
@@ -138,8 +139,7 @@ def test_every_kind_of_source_gives_the_same_samples(media):
     np.testing.assert_array_equal(from_file, reference)
 
 
-def test_datasets_audio_values(media, tmp_path):
-    datasets = pytest.importorskip("datasets")
+def test_datasets_audio_values(media):
     dataset = datasets.Dataset.from_dict({"audio": [str(media["flac"])]}).cast_column(
         "audio", datasets.Audio(decode=False)
     )

@@ -1,5 +1,7 @@
 """BlapFeatureExtractor: parity with the original front end, policies, determinism, devices, any finite input."""
 
+import threading
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -94,12 +96,51 @@ def test_device_option_and_numpy_output(feature_extractor):
     np.testing.assert_array_equal(as_numpy, default.numpy())
 
 
+def test_worker_threads_leave_torch_thread_settings_alone(feature_extractor):
+    threads = torch.get_num_threads()
+    feature_extractor([noise(10.0, seed=seed) for seed in range(4)], sampling_rate=RATE)
+    assert torch.get_num_threads() == threads
+    seen_by_a_new_thread = []
+    worker = threading.Thread(target=lambda: seen_by_a_new_thread.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    assert seen_by_a_new_thread == [threads]
+
+
 def test_batched_path_equals_the_per_window_path(feature_extractor):
     """Accelerators compute the whole batch at once; it must give what the CPU path gives window by window."""
     batch = torch.from_numpy(np.stack([noise(10.0, seed=seed) for seed in range(3)]))
     per_window = feature_extractor.log_mel(batch)
     batched = feature_extractor._log_mel(batch).unsqueeze(1)
     torch.testing.assert_close(batched, per_window, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"feature_size": 16, "sampling_rate": 16_000, "hop_length": 160, "fft_window_size": 400, "frequency_max": 8e3},
+    ],
+)
+def test_log_mel_equals_the_textbook_stft_definition(config):
+    """Reflect-padded centred STFT, power, mel matmul, dB: the definition, computed plainly with torch.stft."""
+    feature_extractor = BlapFeatureExtractor(**config)
+    batch = torch.from_numpy(np.stack([noise(1.3, feature_extractor.sampling_rate, seed) for seed in range(2)]))
+    n_fft = feature_extractor.fft_window_size
+    spectrum = torch.stft(
+        batch,
+        n_fft,
+        feature_extractor.hop_length,
+        window=torch.hann_window(n_fft),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    mel = torch.matmul(spectrum.abs().square().transpose(1, 2), feature_extractor.mel_filters)
+    expected = (10.0 * torch.log10(torch.clamp(mel, min=1e-10))).unsqueeze(1)
+    torch.testing.assert_close(feature_extractor.log_mel(batch), expected, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match=f"num_samples > {n_fft // 2}"):
+        feature_extractor.log_mel(batch[:, : n_fft // 2])
 
 
 def test_huge_finite_samples_give_finite_features(feature_extractor):

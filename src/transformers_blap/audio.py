@@ -108,8 +108,8 @@ def load_audio(
             taken as channels), a `datasets` Audio value (`{"array", "sampling_rate"}` or `{"bytes", "path"}`), or a
             decoder object with `get_all_samples()` (what `datasets` 5.x yields).
         sampling_rate (`int`, *optional*, defaults to 48000): the rate of the returned samples.
-        source_sampling_rate (`int`, *optional*): the rate of an array or tensor `source`; required for them, ignored
-            (must be `None`) for encoded audio, whose rate is read from the file.
+        source_sampling_rate (`int`, *optional*): the rate of an array or tensor `source`, required for them; leave it
+            `None` for encoded audio and `datasets` values, which state their own rate.
         start_s (`float`, *optional*): where to start reading, in seconds of the source.
         duration_s (`float`, *optional*): how much to read, in seconds; to the end when `None`.
 

@@ -1,6 +1,7 @@
 """Log-mel front end of BLAP: batched, deterministic, torch (CPU or GPU)."""
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,8 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
     - input must be mono float: downmix and scale integer PCM first (`transformers_blap.audio.load_audio` does both);
       empty waveforms and NaN/Inf samples are errors. Any finite waveform gives finite features.
 
-    On CPU the spectrogram is computed one window at a time (the working set stays in cache, about 4x faster than one
-    big batched STFT on a small machine); on other devices the whole batch is computed at once.
+    On CPU the windows are computed one at a time (the working set stays in cache) by `torch.get_num_threads()`
+    single-threaded workers; on other devices the whole batch is computed at once.
 
     Args:
         feature_size (`int`, *optional*, defaults to 64): number of mel bins.
@@ -160,22 +161,50 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             `torch.Tensor` of shape `(batch_size, 1, num_samples // hop_length + 1, feature_size)`, in dB, float32.
         """
-        if waveforms.ndim != 2:
-            raise ValueError(f"`waveforms` must have shape (batch_size, num_samples), got {tuple(waveforms.shape)}.")
+        if waveforms.ndim != 2 or waveforms.shape[1] <= self.fft_window_size // 2:
+            raise ValueError(
+                "`waveforms` must have shape (batch_size, num_samples) with num_samples >"
+                f" {self.fft_window_size // 2}, got {tuple(waveforms.shape)}."
+            )
         waveforms = waveforms.to(torch.float32)
-        if waveforms.device.type != "cpu":
-            return self._log_mel(waveforms).unsqueeze(1)
-        # One window at a time on CPU keeps the frames and spectrum (4 MB each for 10 s) in cache.
-        features = torch.empty(waveforms.shape[0], 1, waveforms.shape[1] // self.hop_length + 1, self.feature_size)
-        for index, waveform in enumerate(waveforms):
-            features[index, 0] = self._log_mel(waveform.unsqueeze(0))[0]
+        if waveforms.device.type == "cpu":
+            return self._log_mel_on_cpu(list(waveforms))
+        return self._log_mel(waveforms).unsqueeze(1)
+
+    def _log_mel_on_cpu(self, windows: list[torch.Tensor]) -> torch.Tensor:
+        """
+        Equal-length CPU windows `(num_samples,)` -> `(batch_size, 1, num_frames, feature_size)`.
+
+        One window at a time, so that its frames and spectrum (4 MB each for 10 s) stay in cache, with the windows
+        spread over `torch.get_num_threads()` worker threads that each compute single-threaded: parallelism across
+        windows needs no per-operation thread barriers, which stall whenever other processes keep the cores busy.
+        """
+        features = torch.empty(len(windows), 1, windows[0].shape[0] // self.hop_length + 1, self.feature_size)
+
+        def compute(index: int) -> None:
+            features[index, 0] = self._log_mel(windows[index].unsqueeze(0))[0]
+
+        threads = torch.get_num_threads()
+        workers = min(threads, len(windows))
+        if workers == 1:
+            for index in range(len(windows)):
+                compute(index)
+            return features
+        try:
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                list(pool.map(compute, range(len(windows))))
+        finally:
+            # A worker's `set_num_threads(1)` binds that worker, but also torch's default for threads started
+            # meanwhile: put the default back (the calling thread's own setting never changed).
+            torch.set_num_threads(threads)
         return features
 
     def _log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_samples)` -> `(batch_size, num_frames, feature_size)` in dB: centred STFT, mel, log."""
-        n_fft = self.fft_window_size
+        n_fft, half = self.fft_window_size, self.fft_window_size // 2
         window = torch.hann_window(n_fft, periodic=True, device=waveforms.device)
-        padded = torch.nn.functional.pad(waveforms.unsqueeze(1), (n_fft // 2, n_fft // 2), mode="reflect").squeeze(1)
+        # Centred frames: reflect-pad by half a window (a concatenation is 10x faster than torch's reflection pad).
+        padded = torch.cat([waveforms[:, 1 : half + 1].flip(-1), waveforms, waveforms[:, -half - 1 : -1].flip(-1)], -1)
         frames = padded.unfold(-1, n_fft, self.hop_length) * window  # (batch, frames, n_fft)
         spectrum = torch.view_as_real(torch.fft.rfft(frames))  # (batch, frames, n_fft // 2 + 1, 2)
         first, end, weights = self.mel_projection
@@ -222,10 +251,8 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
             ]
         device = torch.device(device) if device is not None else torch.device("cpu")
         windows = [self.fit_to_window(w.to(device)) for w in waveforms]
-        if device.type == "cpu":  # one window at a time (see `log_mel`), without stacking the batch first
-            features = torch.empty(len(windows), 1, self.num_frames, self.feature_size)
-            for index, window in enumerate(windows):
-                features[index, 0] = self._log_mel(window.unsqueeze(0))[0]
+        if device.type == "cpu":  # window by window (see `_log_mel_on_cpu`), without stacking the batch first
+            features = self._log_mel_on_cpu(windows)
         else:
             features = self.log_mel(torch.stack(windows))
         if any(offsets_db):
