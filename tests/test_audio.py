@@ -198,7 +198,7 @@ def test_integer_pcm_is_scaled(tmp_path):
     np.testing.assert_allclose(load_audio(unsigned, source_sampling_rate=RATE), [-1.0, 0.0, 127 / 128], atol=1e-7)
 
 
-def test_start_and_duration_read_a_slice(tmp_path):
+def test_start_and_duration_read_a_slice(tmp_path, media):
     waveform = music_like(5.0, RATE)
     path = tmp_path / "five.flac"
     sf.write(path, waveform, RATE, subtype="PCM_24")
@@ -209,6 +209,10 @@ def test_start_and_duration_read_a_slice(tmp_path):
     np.testing.assert_array_equal(sliced, waveform[RATE : RATE + RATE // 2])
     with pytest.raises(AudioDecodeError, match="no audio samples in the requested range"):
         load_audio(path, start_s=6.0)
+    # through FFmpeg (M4A), at the source rate so that no resampling blurs the edges
+    whole = load_audio(media["m4a"], sampling_rate=44_100)
+    sliced = load_audio(media["m4a"], sampling_rate=44_100, start_s=0.5, duration_s=1.0)
+    np.testing.assert_array_equal(sliced, whole[22_050:66_150])
 
 
 def test_silence_and_a_short_clip_are_valid_inputs(tmp_path):

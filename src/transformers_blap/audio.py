@@ -110,7 +110,8 @@ def load_audio(
         sampling_rate (`int`, *optional*, defaults to 48000): the rate of the returned samples.
         source_sampling_rate (`int`, *optional*): the rate of an array or tensor `source`, required for them; leave it
             `None` for encoded audio and `datasets` values, which state their own rate.
-        start_s (`float`, *optional*): where to start reading, in seconds of the source.
+        start_s (`float`, *optional*): where to start reading, in seconds of the source (libsndfile seeks; FFmpeg
+            containers are decoded from their start and counted, which is sample-accurate but slower for late starts).
         duration_s (`float`, *optional*): how much to read, in seconds; to the end when `None`.
 
     Returns:
