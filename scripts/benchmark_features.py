@@ -3,6 +3,7 @@ Throughput of BlapFeatureExtractor against transformers.ClapFeatureExtractor, si
 
     python scripts/benchmark_features.py                       # 16 x 10 s clips on the CPU
     python scripts/benchmark_features.py --device cuda         # BLAP's features computed on the GPU
+    python scripts/benchmark_features.py --threads 1           # BLAP single-threaded, like CLAP
     python scripts/benchmark_features.py --output bench.json   # also write the results as JSON
 
 ClapFeatureExtractor is configured as the original BLAP front end (`frequency_min=50, frequency_max=14000,
@@ -61,8 +62,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of each extractor (after one warm-up)")
     parser.add_argument("--device", default="cpu", help="where BLAP computes its features: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, help="torch threads for BLAP (default: torch's default, one per core)")
     parser.add_argument("--output", help="write the results to this JSON file")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

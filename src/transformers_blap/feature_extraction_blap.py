@@ -1,6 +1,7 @@
 """Log-mel front end of BLAP: batched, deterministic, torch (CPU or GPU)."""
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -167,38 +168,34 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
                 f" {self.fft_window_size // 2}, got {tuple(waveforms.shape)}."
             )
         waveforms = waveforms.to(torch.float32)
-        if waveforms.device.type == "cpu":
-            return self._log_mel_on_cpu(list(waveforms))
-        return self._log_mel(waveforms, self.mel_projection).unsqueeze(1)
-
-    def _log_mel_on_cpu(self, windows: list[torch.Tensor]) -> torch.Tensor:
-        """
-        Equal-length CPU windows `(num_samples,)` -> `(batch_size, 1, num_frames, feature_size)`.
-
-        One window at a time, so that its frames and spectrum (4 MB each for 10 s) stay in cache, with the windows
-        spread over `torch.get_num_threads()` worker threads that each compute single-threaded: parallelism across
-        windows needs no per-operation thread barriers, which stall whenever other processes keep the cores busy.
-        """
-        features = torch.empty(len(windows), 1, windows[0].shape[0] // self.hop_length + 1, self.feature_size)
-        projection = self.mel_projection  # built here once, not by racing workers
+        projection = self.mel_projection
+        if waveforms.device.type != "cpu":
+            return self._log_mel(waveforms, projection).unsqueeze(1)
+        features = torch.empty(waveforms.shape[0], 1, waveforms.shape[1] // self.hop_length + 1, self.feature_size)
 
         def compute(index: int) -> None:
-            features[index, 0] = self._log_mel(windows[index].unsqueeze(0), projection)[0]
+            features[index, 0] = self._log_mel(waveforms[index].unsqueeze(0), projection)[0]
 
+        self._run_on_cpu_workers(waveforms.shape[0], compute)
+        return features
+
+    @staticmethod
+    def _run_on_cpu_workers(count: int, compute: Callable[[int], None]) -> None:
+        """
+        Call `compute(index)` for every index in `range(count)`, spread over `torch.get_num_threads()` worker threads
+        that each run torch single-threaded. Each window is computed whole by one thread, so that its frames and
+        spectrum (4 MB each for 10 s) stay in cache, and parallelism across windows needs no per-operation thread
+        barriers, which stall whenever other processes keep the cores busy.
+        """
         threads = torch.get_num_threads()
-        workers = min(threads, len(windows))
-        if workers == 1:
-            for index in range(len(windows)):
-                compute(index)
-            return features
+        workers = min(threads, count)
         try:
             with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                list(pool.map(compute, range(len(windows))))
+                list(pool.map(compute, range(count)))
         finally:
             # A worker's `set_num_threads(1)` binds that worker, but also torch's default for threads started
             # meanwhile: put the default back (the calling thread's own setting never changed).
             torch.set_num_threads(threads)
-        return features
 
     def _log_mel(self, waveforms: torch.Tensor, projection: tuple[int, int, torch.Tensor]) -> torch.Tensor:
         """
@@ -248,30 +245,53 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
             )
         elif isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
             raise ValueError(f"`sampling_rate` must be a positive integer in Hz, got {sampling_rate!r}.")
-        waveforms, offsets_db = self._as_waveform_list(raw_audio)
-        if sampling_rate is not None and sampling_rate != self.sampling_rate:
-            waveforms = [
-                torch.from_numpy(resample(w.cpu().numpy(), int(sampling_rate), self.sampling_rate)) for w in waveforms
-            ]
+        waveforms = self._as_waveform_list(raw_audio)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        windows = [self.fit_to_window(w.to(device)) for w in waveforms]
-        if device.type == "cpu":  # window by window (see `_log_mel_on_cpu`), without stacking the batch first
-            features = self._log_mel_on_cpu(windows)
+        if device.type == "cpu":  # every step of a waveform in one worker (see `_run_on_cpu_workers`)
+            features = torch.empty(len(waveforms), 1, self.num_frames, self.feature_size)
+            projection = self.mel_projection
+
+            def compute(index: int) -> None:
+                window, offset_db = self._prepare(waveforms[index], index, sampling_rate, device)
+                features[index, 0] = self._log_mel(window.unsqueeze(0), projection)[0] + offset_db
+
+            self._run_on_cpu_workers(len(waveforms), compute)
         else:
-            features = self.log_mel(torch.stack(windows))
-        if any(offsets_db):
-            features = features + torch.tensor(offsets_db, device=features.device)[:, None, None, None]
+            prepared = [
+                self._prepare(waveform, index, sampling_rate, device) for index, waveform in enumerate(waveforms)
+            ]
+            features = self.log_mel(torch.stack([window for window, _ in prepared]))
+            offsets_db = torch.tensor([offset_db for _, offset_db in prepared], device=device)
+            features = features + offsets_db[:, None, None, None]
         if return_tensors == "np":
             features = features.cpu().numpy()
         return BatchFeature({"input_features": features})
 
+    def _prepare(
+        self, waveform: torch.Tensor, index: int, sampling_rate: int | None, device: torch.device
+    ) -> tuple[torch.Tensor, float]:
+        """
+        Check, rescale, resample and fit one waveform to the model's window.
+
+        Returns:
+            `(window, offset_db)`: the float32 window `(nb_max_samples,)` on `device`, and the dB to add to its log-mel
+            (non-zero only when a waveform with a peak above `_MAX_UNSCALED_PEAK` was scaled to peak 1, because its
+            float32 power could overflow).
+        """
+        peak = float(waveform.abs().amax())  # NaN propagates through amax
+        if not math.isfinite(peak):
+            raise ValueError(f"Waveform {index} contains NaN or Inf samples.")
+        offset_db = 0.0
+        if peak > _MAX_UNSCALED_PEAK:
+            waveform, offset_db = waveform / peak, 20.0 * math.log10(peak)
+        waveform = waveform.to(torch.float32)
+        if sampling_rate is not None and sampling_rate != self.sampling_rate:
+            waveform = torch.from_numpy(resample(waveform.cpu().numpy(), int(sampling_rate), self.sampling_rate))
+        return self.fit_to_window(waveform.to(device)), offset_db
+
     @staticmethod
-    def _as_waveform_list(raw_audio) -> tuple[list[torch.Tensor], list[float]]:
-        """
-        Normalise every accepted input form into a list of 1-D float32 tensors, with clear errors. A waveform whose
-        peak exceeds `_MAX_UNSCALED_PEAK` is scaled to peak 1 (its float32 power could overflow); the second list
-        holds the dB to add back to each waveform's log-mel (0 for the others).
-        """
+    def _as_waveform_list(raw_audio) -> list[torch.Tensor]:
+        """Every accepted input form as a list of 1-D float tensors, with clear errors for wrong shapes and types."""
         if isinstance(raw_audio, (np.ndarray, torch.Tensor)):
             if raw_audio.ndim == 1:
                 items = [raw_audio]
@@ -290,7 +310,7 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
             raise TypeError(
                 f"`raw_audio` must be a numpy array, a torch tensor or a list of them, got {type(raw_audio).__name__}."
             )
-        waveforms, offsets_db = [], []
+        waveforms = []
         for index, item in enumerate(items):
             tensor = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item)
             if tensor.ndim != 1:
@@ -304,16 +324,8 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
                 )
             if tensor.numel() == 0:
                 raise ValueError(f"Waveform {index} is empty: it has no samples.")
-            peak = float(tensor.abs().amax())  # NaN propagates through amax
-            if not math.isfinite(peak):
-                raise ValueError(f"Waveform {index} contains NaN or Inf samples.")
-            if peak > _MAX_UNSCALED_PEAK:
-                tensor = tensor / peak
-                offsets_db.append(20.0 * math.log10(peak))
-            else:
-                offsets_db.append(0.0)
-            waveforms.append(tensor.to(torch.float32))
-        return waveforms, offsets_db
+            waveforms.append(tensor)
+        return waveforms
 
 
 __all__ = ["BlapFeatureExtractor"]
