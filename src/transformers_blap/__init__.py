@@ -1,5 +1,16 @@
 """transformers_blap: BLAP music captioning as a Hugging Face transformers model."""
 
+from .audio import (
+    AudioDecodeError,
+    AudioWindow,
+    audio_duration,
+    iter_windows,
+    load_audio,
+    select_track_caption,
+    split_windows,
+    track_caption_index,
+    window_bounds,
+)
 from .configuration_blap import DEFAULT_PROMPT, BlapConfig
 from .feature_extraction_blap import BlapFeatureExtractor
 from .modeling_blap import BlapForConditionalGeneration, BlapForConditionalGenerationModelOutput, BlapPreTrainedModel
@@ -7,6 +18,15 @@ from .pipeline_audio_to_text import AudioToTextPipeline
 from .processing_blap import BlapProcessor
 
 __all__ = [
+    "AudioDecodeError",
+    "AudioWindow",
+    "audio_duration",
+    "iter_windows",
+    "load_audio",
+    "select_track_caption",
+    "split_windows",
+    "track_caption_index",
+    "window_bounds",
     "DEFAULT_PROMPT",
     "AudioToTextPipeline",
     "BlapConfig",
