@@ -217,5 +217,5 @@ def test_blap_command_lists_its_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for command in ("caption", "push", "evaluate", "setup-metrics"):
+    for command in ("caption", "push", "convert-original", "evaluate", "setup-metrics"):
         assert f"    {command}" in help_text, command

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command
 
 
@@ -189,6 +190,7 @@ def run_push(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_caption_command,
     add_push_command,
+    add_convert_original_command,
     add_evaluate_command,
     add_setup_metrics_command,
 ]

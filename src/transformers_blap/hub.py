@@ -451,9 +451,16 @@ def push_folder(
 def _model_save_pretrained(
     self: BlapForConditionalGeneration, save_directory: str | os.PathLike, *args, **kwargs
 ) -> None:
-    """`PreTrainedModel.save_pretrained`, then the remote code and the custom pipeline entry ([`add_remote_code`])."""
+    """
+    `PreTrainedModel.save_pretrained` with remote code: like transformers does for a class registered with
+    `register_for_auto_class`, the config gets its `auto_map` (and here the `custom_pipelines` entry) before it is
+    saved, so a later `model.config.save_pretrained` keeps them; then the code files are copied
+    ([`add_remote_code`]).
+    """
     push_to_hub = kwargs.pop("push_to_hub", False)
     push_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token") if key in kwargs}
+    self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **MODEL_AUTO_MAP}
+    self.config.custom_pipelines = CUSTOM_PIPELINES
     PreTrainedModel.save_pretrained(self, save_directory, *args, **kwargs)
     if kwargs.get("is_main_process", True):
         add_remote_code(save_directory)
@@ -512,12 +519,12 @@ def install_hub_support() -> None:
     - the processor and its feature extractor register for `AutoProcessor` / `AutoFeatureExtractor`, so their
       `save_pretrained` (and `push_to_hub`) write `auto_map` and copy their modules, as transformers does for any
       registered class;
-    - the model's `save_pretrained` also writes `auto_map` and `custom_pipelines` into the saved `config.json` and
-      copies the code files ([`add_remote_code`]); its `push_to_hub` uploads all of it with a model card rendered by
+    - the model's `save_pretrained` also sets `auto_map` and `custom_pipelines` on its config and copies the code
+      files ([`add_remote_code`]); its `push_to_hub` uploads all of it with a model card rendered by
       [`render_model_card`].
 
-    The config and the model are not registered with `register_for_auto_class`: that would put `auto_map` into the
-    in-memory config on every save, and `config.save_pretrained` would no longer round-trip exactly.
+    `BlapConfig` itself is not registered with `register_for_auto_class`: a config saved on its own then stays exactly
+    what it was (`config.save_pretrained` round-trips), and only configs saved with a model carry remote code.
     """
     BlapFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     BlapProcessor.register_for_auto_class("AutoProcessor")
