@@ -20,9 +20,7 @@ def captioner(model_dir):
     return pipeline("audio-to-text", model=str(model_dir), device="cpu")
 
 
-def direct_captions(
-    model_dir, waveform, rate, window_s=1.0, hop_s=None, min_tail_s=0.3, prompt=None, **generate_kwargs
-):
+def direct_captions(model_dir, waveform, rate, window_s=1.0, hop_s=None, min_tail_s=0.3, prompt=None):
     """Window captions computed without the pipeline: load_audio + split_windows + processor + generate."""
     model = BlapForConditionalGeneration.from_pretrained(model_dir)
     processor = BlapProcessor.from_pretrained(model_dir)
@@ -30,7 +28,7 @@ def direct_captions(
     windows = []
     for window in split_windows(samples, RATE, window_s, hop_s, min_tail_s):
         inputs = processor(audio=window.samples, sampling_rate=RATE, text=prompt)
-        caption = processor.batch_decode(model.generate(**inputs, **generate_kwargs), skip_special_tokens=True)[0]
+        caption = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)[0]
         windows.append({"start": window.start_s, "end": window.end_s, "caption": caption.strip()})
     return windows
 
