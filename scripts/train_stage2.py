@@ -254,10 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
 
+    sources = (data_args.train_file, data_args.eval_file)
     card = {
         "finetuned_from": model_args.model_name_or_path,
-        "dataset": [Path(name).name if name else None for name in (data_args.train_file, data_args.eval_file)],
-        "tags": ["blap-stage2"] + (["lora"] if model_args.use_lora else []),
+        "dataset": [Path(name).name if name else None for name in sources],
+        "dataset_tags": [name for name in sources if name and not Path(name).exists()],  # Hub dataset ids
+        "tags": ["lora"] if model_args.use_lora else [],
     }
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)

@@ -446,6 +446,9 @@ def test_push_to_hub_uploads_a_card_with_data_hyperparameters_and_evaluation(
     assert "| train | toy-train.csv | 8 | 8 |" in card and "| eval | toy-eval.csv | 3 | 3 |" in card
     assert "| learning_rate | 0.01 |" in card and "| total_train_batch_size | 2 |" in card
     assert "| step | epoch | loss | bleu_1 | cider_d | gen_len |" in card
+    # model-index: the final weights' scores, x100.
+    assert "name: BLEU@1\n" in card and "value: 25.0\n" in card and "value: 12.5\n" in card
+    assert "| toy-eval.csv | 25.0 | 12.5 |" in card
     assert "| 2 | 0.5 |" in card and "| 0.25 | 0.125 |" in card
     assert "## Sample captions (last evaluation)" in card
 
@@ -504,7 +507,9 @@ def test_finetuning_is_one_command(processor, tmp_path):
     card = (output / "README.md").read_text()
     assert "| train | train.csv | 4 | 8 |" in card and "| eval | eval.csv | 2 | 2 |" in card
     assert "| step | epoch | loss | bleu_1 | bleu_4 | meteor | rouge_l | cider_d | gen_len |" in card
-    assert "PhraseDropping" in card and "base_model" not in card  # a local path is no Hub base model
+    assert "PhraseDropping" in card
+    assert "base_model: google/flan-t5-xl" in card  # a local starting point is no Hub base model
+    assert "metric_type: cider_d" in card and "## Evaluation during training" in card
     BlapForConditionalGeneration.from_pretrained(output)
 
 

@@ -1,13 +1,19 @@
 """
 The model card written at the end of stage-2 training / fine-tuning: data, hyperparameters, evaluation table, samples.
 
-`training_card_sections` renders the Markdown body on its own so that a general card template can embed it;
-`render_stage2_model_card` adds the YAML front matter, a title and a usage snippet.
+`training_card_sections` renders the training-specific Markdown; `render_stage2_model_card` puts it into the package's
+model card (`transformers_blap.hub.render_model_card`, with the chosen checkpoint's scores as `model-index`), or, for
+a LoRA run, into a card that explains how to load the adapter onto its base model.
 """
 
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
+
+from ..evaluation.metrics import ALL_METRICS
+from ..evaluation.report import TABLE1_COLUMNS
+from ..hub import DEFAULT_BASE_MODEL, DEFAULT_LICENSE, render_model_card
 
 # Keys of `Trainer.log` entries that are bookkeeping, not evaluation results.
 _EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
@@ -191,7 +197,7 @@ def training_card_sections(trainer, datasets: list[str] | None = None) -> str:
         final = train_logs[-1]
         parts += ["", f"Final training loss {final['train_loss']:.4f} after {final.get('step', '?')} steps."]
 
-    parts += ["", "## Evaluation", ""]
+    parts += ["", "## Evaluation during training", ""]
     header, eval_rows = evaluation_rows(trainer.state.log_history)
     if eval_rows:
         parts.append(
@@ -219,11 +225,54 @@ def training_card_sections(trainer, datasets: list[str] | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
+def selected_evaluation(trainer) -> dict[str, Any] | None:
+    """The evaluation log entry of the weights training ends with: the best checkpoint's when it was reloaded."""
+    entries = [entry for entry in trainer.state.log_history if any(key.startswith("eval_") for key in entry)]
+    if not entries:
+        return None
+    checkpoint = trainer.state.best_model_checkpoint
+    if checkpoint is not None and trainer.args.load_best_model_at_end:
+        step = int(checkpoint.rstrip("/").rsplit("-", 1)[-1])
+        for entry in entries:
+            if entry.get("step") == step:
+                return entry
+    return entries[-1]
+
+
+def eval_results(trainer, dataset_name: str, dataset_id: str | None = None) -> list[dict[str, Any]]:
+    """
+    `model-index` results (x100, like the paper's tables) of the final weights, from the training logs.
+
+    Args:
+        trainer ([`BlapStage2Trainer`]).
+        dataset_name (`str`): the evaluation data's display name.
+        dataset_id (`str`, *optional*): its Hub id; defaults to `dataset_name`.
+
+    Returns:
+        `list[dict]`: for [`transformers_blap.hub.render_model_card`]'s `eval_results`.
+    """
+    entry = selected_evaluation(trainer)
+    if entry is None:
+        return []
+    return [
+        {
+            "dataset_type": dataset_id or dataset_name,
+            "dataset_name": dataset_name,
+            "metric_type": metric,
+            "metric_name": TABLE1_COLUMNS.get(metric, metric),
+            "metric_value": round(100 * entry[f"eval_{metric}"], 2),
+        }
+        for metric in ALL_METRICS
+        if isinstance(entry.get(f"eval_{metric}"), (int, float))
+    ]
+
+
 def render_stage2_model_card(
     trainer,
     model_name: str,
     base_model: str | None = None,
-    datasets: list[str] | None = None,
+    datasets: list[str | None] | None = None,
+    dataset_ids: list[str] | None = None,
     language: str | None = None,
     license: str | None = None,
     tags: list[str] | None = None,
@@ -234,48 +283,77 @@ def render_stage2_model_card(
     Args:
         trainer ([`BlapStage2Trainer`]).
         model_name (`str`): the title.
-        base_model (`str`, *optional*): the checkpoint training started from (a Hub id goes into the metadata).
-        datasets (`list[str]`, *optional*): training data name, then evaluation data name.
+        base_model (`str`, *optional*): the checkpoint training started from; a Hub id goes into the metadata
+            (otherwise Flan-T5-XL, which every BLAP starts from).
+        datasets (`list[str | None]`, *optional*): display names of the training data and, second, the evaluation
+            data.
+        dataset_ids (`list[str]`, *optional*): Hub ids of the data, for the metadata.
         language (`str`, *optional*), license (`str`, *optional*), tags (`list[str]`, *optional*): metadata.
 
     Returns:
         `str`: the card's text.
     """
+    datasets = list(datasets or [])
+    tags = list(dict.fromkeys(["blap-stage2", *(tags or [])]))
+    hub_base_model = base_model if base_model and "/" in base_model and not Path(base_model).exists() else None
+    sections = training_card_sections(trainer, datasets)
     lora = bool(getattr(trainer.model, "_hf_peft_config_loaded", False))
+    if not lora:
+        eval_name = (datasets[1] if len(datasets) > 1 else None) or "evaluation data"
+        eval_id = next((name for name in dataset_ids or [] if name == eval_name), None)
+        card = render_model_card(
+            trainer.model.config,
+            repo_id=getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id,
+            model_name=model_name,
+            license=license or DEFAULT_LICENSE,
+            base_model=hub_base_model or DEFAULT_BASE_MODEL,
+            datasets=dataset_ids,
+            tags=tags,
+            eval_results=eval_results(trainer, eval_name, eval_id),
+            description=(
+                "These weights were trained with `transformers_blap`'s stage-2 trainer"
+                + (f", starting from `{base_model}`" if base_model else "")
+                + ".\n\n"
+                + sections
+            ),
+        )
+        if language is not None:
+            card.data.language = language
+        return str(card)
+
     metadata = ModelCardData(
-        library_name="peft" if lora else "transformers",
+        library_name="peft",
         pipeline_tag="audio-text-to-text",
-        base_model=base_model if base_model and "/" in base_model and not base_model.startswith(("/", ".")) else None,
+        base_model=hub_base_model,
+        datasets=dataset_ids or None,
         language=language,
         license=license,
-        tags=list(dict.fromkeys(["blap", "music-captioning", "audio-captioning", *(tags or [])])),
+        tags=list(dict.fromkeys(["blap", "music-captioning", "audio-captioning", "lora", *tags])),
     )
-    if lora:
-        usage = (
-            "This repository holds a LoRA adapter (`lora/`) and the stage-2 weights (`stage2_trainable.safetensors`)"
-            " only; load them onto the base model:\n\n```python\nfrom transformers_blap import"
-            " BlapForConditionalGeneration, BlapProcessor\nfrom transformers_blap.training import"
-            " load_stage2_adapter\n\n"
-            f'model = BlapForConditionalGeneration.from_pretrained("{base_model or "BASE_MODEL"}")\n'
-            'model = load_stage2_adapter(model, "PATH_TO_THIS_FOLDER")\n'
-            'processor = BlapProcessor.from_pretrained("PATH_TO_THIS_FOLDER")\n```\n'
-        )
-    else:
-        usage = (
-            "```python\nfrom transformers_blap import BlapForConditionalGeneration, BlapProcessor, load_audio\n\n"
-            'model = BlapForConditionalGeneration.from_pretrained("PATH_OR_REPO")\n'
-            'processor = BlapProcessor.from_pretrained("PATH_OR_REPO")\n'
-            'inputs = processor(audio=load_audio("song.mp3"), sampling_rate=48_000)\n'
-            "print(processor.batch_decode(model.generate(**inputs), skip_special_tokens=True))\n```\n"
-        )
+    usage = (
+        "This folder holds a LoRA adapter on the language model (`lora/`) and the stage-2 weights"
+        " (`stage2_trainable.safetensors`) only; load them onto the model training started from:\n\n"
+        "```python\nfrom transformers_blap import BlapForConditionalGeneration, BlapProcessor\n"
+        "from transformers_blap.training import load_stage2_adapter\n\n"
+        f'model = BlapForConditionalGeneration.from_pretrained("{base_model or "BASE_MODEL"}")\n'
+        'model = load_stage2_adapter(model, "PATH_TO_THIS_FOLDER")\n'
+        'processor = BlapProcessor.from_pretrained("PATH_TO_THIS_FOLDER")\n```\n'
+    )
     intro = (
-        f"# {model_name}\n\nA BLAP music captioner (HTS-AT audio encoder, Q-Former, Flan-T5) trained with"
-        " `transformers_blap`'s stage-2 trainer"
+        f"# {model_name}\n\nA LoRA fine-tune of a BLAP music captioner (HTS-AT audio encoder, Q-Former, Flan-T5),"
+        " trained with `transformers_blap`'s stage-2 trainer"
         + (f", starting from `{base_model}`" if base_model else "")
         + ".\n\n## Usage\n\n"
         + usage
     )
-    return f"---\n{metadata.to_yaml()}\n---\n\n{intro}\n{training_card_sections(trainer, datasets)}"
+    return f"---\n{metadata.to_yaml()}\n---\n\n{intro}\n{sections}"
 
 
-__all__ = ["evaluation_rows", "render_stage2_model_card", "training_card_sections", "training_hyperparameters"]
+__all__ = [
+    "eval_results",
+    "evaluation_rows",
+    "render_stage2_model_card",
+    "selected_evaluation",
+    "training_card_sections",
+    "training_hyperparameters",
+]

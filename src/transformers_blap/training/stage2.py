@@ -637,13 +637,14 @@ class BlapStage2Trainer(Seq2SeqTrainer):
         finetuned_from: str | None = None,
         tasks: str | list[str] | None = None,
         dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
+        dataset: str | list[str | None] | None = None,
         dataset_args: str | list[str] | None = None,
     ) -> None:
         """
         Write `output_dir/README.md`: what was trained from what data, the hyperparameters, the evaluation table and
-        sample captions (see [`render_stage2_model_card`]). Arguments as for `Trainer.create_model_card`; `dataset`
-        names the training data (and the evaluation data second), `finetuned_from` the starting checkpoint.
+        sample captions (see [`render_stage2_model_card`]). Arguments as for `Trainer.create_model_card`: `dataset`
+        gives display names (training data first, evaluation data second), `dataset_tags` Hub dataset ids for the
+        metadata, `finetuned_from` the starting checkpoint; `tasks` and `dataset_args` are not used.
         """
         if not self.is_world_process_zero():
             return
@@ -653,6 +654,7 @@ class BlapStage2Trainer(Seq2SeqTrainer):
             model_name=model_name or Path(self.args.output_dir).name,
             base_model=base_model,
             datasets=[dataset] if isinstance(dataset, str) else list(dataset or []),
+            dataset_ids=[dataset_tags] if isinstance(dataset_tags, str) else list(dataset_tags or []),
             language=language,
             license=license,
             tags=[tags] if isinstance(tags, str) else list(tags or []),
