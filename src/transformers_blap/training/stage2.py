@@ -220,8 +220,7 @@ def save_stage2_adapter(
     """
     Save what a LoRA stage-2 run changes, and nothing else:
 
-    - `lora/adapter_config.json`, `lora/adapter_model.safetensors`: the PEFT adapter (loadable with
-      `PeftModel.from_pretrained(..., subfolder="lora")` too);
+    - `lora/adapter_config.json`, `lora/adapter_model.safetensors`: the LoRA adapter in PEFT's file format;
     - `stage2_trainable.safetensors`: the Q-Former, query tokens, audio LayerNorm and projection;
     - `blap_stage2_adapter.json`: the base model and the file names;
     - `generation_config.json`.
@@ -240,7 +239,17 @@ def save_stage2_adapter(
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     state_dict = state_dict if state_dict is not None else model.state_dict()
-    model.save_pretrained(save_directory / LORA_SUBFOLDER, state_dict=state_dict)
+    lora_directory = save_directory / LORA_SUBFOLDER
+    lora_directory.mkdir(exist_ok=True)
+    # The PEFT format: adapter weights named from the base model down, without the adapter name.
+    adapter_weights = {
+        f"base_model.model.{name}": tensor.detach().contiguous().cpu()
+        for name, tensor in model.get_adapter_state_dict(state_dict=state_dict).items()
+    }
+    safetensors.torch.save_file(
+        adapter_weights, lora_directory / "adapter_model.safetensors", metadata={"format": "pt"}
+    )
+    model.peft_config["default"].save_pretrained(lora_directory)
     names = _stage2_weight_names(model)
     weights = {name: state_dict[name].detach().contiguous().cpu() for name in names}
     safetensors.torch.save_file(weights, save_directory / STAGE2_WEIGHTS_NAME, metadata={"format": "pt"})
