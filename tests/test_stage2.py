@@ -509,7 +509,7 @@ def test_finetuning_is_one_command(processor, tmp_path):
     assert "| step | epoch | loss | bleu_1 | bleu_4 | meteor | rouge_l | cider_d | gen_len |" in card
     assert "PhraseDropping" in card
     assert "base_model: google/flan-t5-xl" in card  # a local starting point is no Hub base model
-    assert "metric_type: cider_d" in card and "## Evaluation during training" in card
+    assert "- type: cider_d\n" in card and "## Evaluation during training" in card
     BlapForConditionalGeneration.from_pretrained(output)
 
 
