@@ -2,7 +2,13 @@
 
 from .configuration_blap import DEFAULT_PROMPT, BlapConfig
 from .feature_extraction_blap import BlapFeatureExtractor
-from .modeling_blap import BlapForConditionalGeneration, BlapForConditionalGenerationModelOutput, BlapPreTrainedModel
+from .modeling_blap import (
+    BlapForConditionalGeneration,
+    BlapForConditionalGenerationModelOutput,
+    BlapForRepresentationLearning,
+    BlapPreTrainedModel,
+    BlapRepresentationLearningOutput,
+)
 from .processing_blap import BlapProcessor
 
 __all__ = [
@@ -11,14 +17,24 @@ __all__ = [
     "BlapFeatureExtractor",
     "BlapForConditionalGeneration",
     "BlapForConditionalGenerationModelOutput",
+    "BlapForRepresentationLearning",
     "BlapPreTrainedModel",
     "BlapProcessor",
+    "BlapRepresentationLearningOutput",
 ]
 
 # Make "blap" a model type that the Auto* classes resolve once this package is imported.
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoProcessor  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForSpeechSeq2Seq,
+    AutoProcessor,
+)
 
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
 AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)
+# Stage 1 (embeddings, retrieval, zero-shot tagging) is the "blap" AutoModel, as ClapModel is for "clap".
+AutoModel.register(BlapConfig, BlapForRepresentationLearning, exist_ok=True)

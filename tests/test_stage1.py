@@ -1,0 +1,285 @@
+"""Stage 1: BlapForRepresentationLearning (ATC + ATM + LM), its attention patterns and its hand-over to stage 2."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import logging as hf_logging
+
+from transformers_blap import BlapForConditionalGeneration, BlapForRepresentationLearning
+
+from tiny import tiny_stage1_config
+
+CLS, SEP, PAD = 101, 102, 0
+
+
+def _model(seed: int = 0, **overrides) -> BlapForRepresentationLearning:
+    torch.manual_seed(seed)
+    return BlapForRepresentationLearning(tiny_stage1_config(**overrides)).eval()
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three clips' log-mel and three BERT-tokenized captions of different lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.tensor(
+        [[CLS, 2000, 2001, 2002, 2003, SEP], [CLS, 2004, SEP, PAD, PAD, PAD], [CLS, 2005, 2006, 2007, SEP, PAD]]
+    )
+    return {
+        "input_features": torch.randn(3, 1, 101, 16, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": (input_ids != PAD).long(),
+    }
+
+
+@pytest.fixture(scope="module")
+def model() -> BlapForRepresentationLearning:
+    return _model()
+
+
+def test_forward_returns_the_three_losses_and_similarities(model):
+    batch = _batch()
+    torch.manual_seed(0)
+    out = model(**batch, return_loss=True)
+    for name in ("loss", "loss_atc", "loss_atm", "loss_lm"):
+        assert out[name].ndim == 0 and torch.isfinite(out[name]), name
+    torch.testing.assert_close(out.loss, out.loss_atc + out.loss_atm + out.loss_lm)
+    config = model.config
+    assert out.logits_per_audio.shape == (3, 3) and torch.equal(out.logits_per_text, out.logits_per_audio.t())
+    assert out.audio_embeds.shape == (3, config.num_query_tokens, config.embed_dim)
+    assert out.text_embeds.shape == (3, config.embed_dim)
+    torch.testing.assert_close(out.audio_embeds.norm(dim=-1), torch.ones(3, config.num_query_tokens))
+    torch.testing.assert_close(out.text_embeds.norm(dim=-1), torch.ones(3))
+    assert out.lm_logits.shape == (3, 6, config.qformer_config.vocab_size)
+
+    # ATC by hand: max over queries of cosine similarities / temperature, label-smoothed CE in both directions.
+    sim = torch.einsum("aqd,td->atq", out.audio_embeds, out.text_embeds).amax(-1) / model.temperature
+    torch.testing.assert_close(out.logits_per_audio, sim)
+    expected_atc = (
+        F.cross_entropy(sim, torch.arange(3), label_smoothing=0.1)
+        + F.cross_entropy(sim.t(), torch.arange(3), label_smoothing=0.1)
+    ) / 2
+    torch.testing.assert_close(out.loss_atc, expected_atc)
+
+    # LM by hand: next-token CE (label smoothing 0.1) over the non-padding tokens after [DEC].
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)[:, 1:]
+    expected_lm = F.cross_entropy(
+        out.lm_logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=0.1
+    )
+    torch.testing.assert_close(out.loss_lm, expected_lm)
+    # Without return_loss: no losses, same similarities; a tuple when asked.
+    plain = model(**batch)
+    assert plain.loss is None and plain.lm_logits is None
+    torch.testing.assert_close(plain.logits_per_audio, out.logits_per_audio)
+    assert isinstance(model(**batch, return_dict=False), tuple)
+
+
+def test_backward_reaches_every_parameter_and_loss_decreases():
+    model = _model()
+    model.set_stage1_trainable()
+    batch = _batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(4):
+        torch.manual_seed(step)
+        loss = model(**batch, return_loss=True).loss
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:
+            missing = [name for name, param in model.named_parameters() if param.grad is None]
+            assert missing == []
+            assert model.lm_head.decoder.weight is model.text_embeddings.word_embeddings.weight
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_a_query_never_sees_text_and_text_never_sees_later_text(model):
+    batch = _batch()
+    audio_embeds = model.get_audio_features(batch["input_features"])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    changed = ids.clone()
+    changed[0, 3:5] = torch.tensor([3000, 3001])  # caption 0: tokens 3 and 4 replaced
+    with torch.no_grad():
+        queries, text = model._audio_text_pass(audio_embeds, ids, mask, causal=True)
+        queries_changed, text_changed = model._audio_text_pass(audio_embeds, changed, mask, causal=True)
+        matching_queries, _ = model._audio_text_pass(audio_embeds, ids, mask, causal=False)
+        matching_changed, _ = model._audio_text_pass(audio_embeds, changed, mask, causal=False)
+    # Caption generation: queries are blind to the text; text positions 0..2 are blind to tokens 3, 4.
+    torch.testing.assert_close(queries_changed, queries, rtol=0, atol=0)
+    torch.testing.assert_close(text_changed[0, :3], text[0, :3], rtol=0, atol=0)
+    assert not torch.allclose(text_changed[0, 3:], text[0, 3:])
+    torch.testing.assert_close(text_changed[1:], text[1:], rtol=0, atol=0)
+    # Matching is bidirectional: there the queries do see the text (so the check above can fail).
+    assert not torch.allclose(matching_changed[0], matching_queries[0])
+    # The caption tokens' predictions also ignore what comes later.
+    with torch.no_grad():
+        lm = model.lm_head(text)
+        lm_changed = model.lm_head(text_changed)
+    torch.testing.assert_close(lm_changed[0, :3], lm[0, :3], rtol=0, atol=0)
+
+
+def test_attention_mask_patterns():
+    text_mask = torch.tensor([[1, 1, 1, 0]])
+    causal = BlapForRepresentationLearning.audio_text_attention_mask(text_mask, 2, causal=True, dtype=torch.float32)
+    matching = BlapForRepresentationLearning.audio_text_attention_mask(text_mask, 2, causal=False, dtype=torch.float32)
+    allowed_causal = (causal[0, 0] == 0).int().tolist()
+    allowed_matching = (matching[0, 0] == 0).int().tolist()
+    # rows: 2 queries, then 4 text positions (the last is padding); columns: the keys.
+    assert allowed_causal == [
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 0],
+    ]
+    assert allowed_matching == [[1, 1, 1, 1, 1, 0]] * 6
+    assert causal.shape == (1, 1, 6, 6) and causal.dtype == torch.float32
+    assert causal.min() == torch.finfo(torch.float32).min  # additive, not boolean
+
+
+def test_in_contrastive_learning_text_and_audio_never_meet(model):
+    batch = _batch()
+    other_audio = dict(batch, input_features=_batch(seed=1)["input_features"])
+    other_text = dict(batch, input_ids=batch["input_ids"].clone())
+    other_text["input_ids"][:, 1] = 3000
+    with torch.no_grad():
+        out = model(**batch)
+        with_other_audio = model(**other_audio)
+        with_other_text = model(**other_text)
+    torch.testing.assert_close(with_other_audio.text_embeds, out.text_embeds, rtol=0, atol=0)
+    assert not torch.allclose(with_other_audio.audio_embeds, out.audio_embeds)
+    torch.testing.assert_close(with_other_text.audio_embeds, out.audio_embeds, rtol=0, atol=0)
+    assert not torch.allclose(with_other_text.text_embeds, out.text_embeds)
+    # The public embedding methods give the same vectors as forward.
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_audio_embeddings(batch["input_features"]), out.audio_embeds)
+        torch.testing.assert_close(
+            model.get_text_embeddings(batch["input_ids"], batch["attention_mask"]), out.text_embeds
+        )
+
+
+def test_text_padding_does_not_change_embeddings_or_losses(model):
+    batch = _batch()
+    padded = dict(batch)
+    padded["input_ids"] = F.pad(batch["input_ids"], (0, 3), value=PAD)
+    padded["attention_mask"] = F.pad(batch["attention_mask"], (0, 3), value=0)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = model(**batch, return_loss=True)
+        torch.manual_seed(0)
+        out_padded = model(**padded, return_loss=True)
+    torch.testing.assert_close(out_padded.text_embeds, out.text_embeds)
+    for name in ("loss_atc", "loss_atm", "loss_lm"):
+        torch.testing.assert_close(out_padded[name], out[name])
+
+
+def test_hard_negatives_exclude_the_own_pair(monkeypatch, model):
+    drawn = []
+    original = torch.multinomial
+
+    def spy(weights, num_samples, *args, **kwargs):
+        drawn.append(weights.clone())
+        return original(weights, num_samples, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    with torch.no_grad():
+        model(**_batch(), return_loss=True)
+    assert len(drawn) == 2
+    for weights in drawn:
+        assert weights.shape == (3, 3)
+        assert torch.all(weights.diagonal() == 0)
+        torch.testing.assert_close(weights.sum(1), torch.ones(3))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config_kwargs = {
+        "qformer_config": {
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "vocab_size": 30523,
+        }
+    }
+    grads = []
+    for checkpointing in (False, True):
+        model = _model(**config_kwargs)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.qformer.encoder.layer[0].gradient_checkpointing
+        model.train()
+        torch.manual_seed(0)
+        model(**_batch(), return_loss=True).loss.backward()
+        grads.append({name: param.grad.clone() for name, param in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_freezing_the_audio_encoder():
+    model = _model()
+    trainable = model.set_stage1_trainable(train_audio_encoder=False)
+    assert trainable and not any(name.startswith("audio_encoder.") for name in trainable)
+    assert "audio_layernorm.weight" in trainable and "temperature" in trainable
+    model.train()
+    assert model.qformer.training and not model.audio_encoder.training
+    assert model.set_stage1_trainable() == [name for name, _ in model.named_parameters()]
+    model.train()
+    assert model.audio_encoder.training
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    batch = _batch()
+    with pytest.raises(ValueError, match="one caption per clip"):
+        model(batch["input_features"][:2], batch["input_ids"], batch["attention_mask"], return_loss=True)
+    with pytest.raises(ValueError, match="at least 2 audio-caption pairs"):
+        model(batch["input_features"][:1], batch["input_ids"][:1], batch["attention_mask"][:1], return_loss=True)
+    with pytest.raises(ValueError, match="`input_ids` is required"):
+        model(batch["input_features"])
+    with pytest.raises(ValueError, match="`attention_mask` has shape"):
+        model.get_text_embeddings(batch["input_ids"], batch["attention_mask"][:, :2])
+    with pytest.raises(ValueError, match="positions"):
+        model.get_text_embeddings(torch.full((1, 600), 2000))
+    with pytest.raises(ValueError, match="qformer_dec_token_id"):
+        BlapForRepresentationLearning(tiny_stage1_config(qformer_dec_token_id=30523))
+    # Zero-shot use: any number of texts per clip, without losses.
+    out = model(batch["input_features"][:1], batch["input_ids"], batch["attention_mask"])
+    assert out.logits_per_audio.shape == (1, 3)
+
+
+def test_stage1_checkpoint_initialises_stage2_cleanly(tmp_path, caplog):
+    stage1 = _model(seed=3)
+    stage1.save_pretrained(tmp_path)
+    saved_keys = set(__import__("safetensors").safe_open(tmp_path / "model.safetensors", "pt").keys())
+    assert not any(key.startswith(("language_model.", "language_projection.")) for key in saved_keys)
+    assert any(".intermediate.dense." in key for key in saved_keys)  # the text FFN travels in the stage-1 file
+
+    reloaded = BlapForRepresentationLearning.from_pretrained(tmp_path)
+    for name, tensor in stage1.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert reloaded.lm_head.decoder.weight is reloaded.text_embeddings.word_embeddings.weight
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            stage2 = BlapForConditionalGeneration.from_pretrained(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "language_projection.weight" in messages  # the load report was captured: new T5 + projection ...
+    assert "UNEXPECTED" not in messages.upper() and "text_embeddings" not in messages and "atm_head" not in messages
+    assert not hasattr(stage2.qformer.encoder.layer[0], "intermediate")  # no text FFN in stage 2
+    assert stage2.config.qformer_config.use_qformer_text_input is False
+    shared = ("audio_encoder.", "audio_layernorm.", "query_tokens", "qformer.")
+    stage1_state = stage1.state_dict()
+    stage2_state = stage2.state_dict()
+    compared = 0
+    for name, tensor in stage2_state.items():
+        if name.startswith(shared):
+            torch.testing.assert_close(tensor, stage1_state[name], rtol=0, atol=0, msg=name)
+            compared += 1
+    assert compared == sum(name.startswith(shared) for name in stage2_state) > 50
+    # The language model and its projection are newly initialised (and the T5 head stays untied).
+    assert stage2.language_model.lm_head.weight is not stage2.language_model.shared.weight
+    assert stage2.language_projection.weight.std() > 0
