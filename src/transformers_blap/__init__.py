@@ -9,7 +9,7 @@ from .modeling_blap import (
     BlapPreTrainedModel,
     BlapRepresentationLearningOutput,
 )
-from .processing_blap import BlapProcessor
+from .processing_blap import BlapProcessor, BlapStage1Processor, build_qformer_tokenizer
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -21,6 +21,8 @@ __all__ = [
     "BlapPreTrainedModel",
     "BlapProcessor",
     "BlapRepresentationLearningOutput",
+    "BlapStage1Processor",
+    "build_qformer_tokenizer",
 ]
 
 # Make "blap" a model type that the Auto* classes resolve once this package is imported.
