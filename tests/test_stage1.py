@@ -207,7 +207,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model = _model(**config_kwargs)
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             assert model.qformer.encoder.layer[0].gradient_checkpointing
         model.train()
         torch.manual_seed(0)
@@ -283,3 +283,259 @@ def test_stage1_checkpoint_initialises_stage2_cleanly(tmp_path, caplog):
     # The language model and its projection are newly initialised (and the T5 head stays untied).
     assert stage2.language_model.lm_head.weight is not stage2.language_model.shared.weight
     assert stage2.language_projection.weight.std() > 0
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _no_dropout_config(**overrides):
+    """Deterministic training steps: no dropout anywhere (batches of 2 pairs also fix the hard negatives)."""
+    from tiny import TINY_AUDIO, TINY_QFORMER
+
+    return tiny_stage1_config(
+        audio_config={**TINY_AUDIO, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        qformer_config={
+            **TINY_QFORMER,
+            "vocab_size": 30523,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+        projection_dropout=0.0,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def stage1_processor(fixture_dir):
+    from transformers_blap import BlapStage1Processor, build_qformer_tokenizer
+
+    from tiny import tiny_feature_extractor
+
+    return BlapStage1Processor(tiny_feature_extractor(), build_qformer_tokenizer(fixture_dir / "bert-base-uncased"))
+
+
+def _rows(n: int = 4) -> list[dict]:
+    """Dataset rows: 1 s clips at 16 kHz; pairs repeat with period 2 (A, B, A, B, ...)."""
+    generator = torch.Generator().manual_seed(0)
+    clips = [(0.2 * torch.randn(16_000, generator=generator)).numpy() for _ in range(2)]
+    captions = [["calm solo piano", "a quiet piano piece"], "loud distorted guitars and drums"]
+    return [{"audio": clips[i % 2], "caption": captions[i % 2]} for i in range(n)]
+
+
+def _trainer(tmp_path, model, processor, rows, **args):
+    from transformers_blap.training.stage1 import BlapStage1Collator, BlapStage1Trainer, BlapStage1TrainingArguments
+
+    defaults = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 2,
+        "train_sampling_strategy": "sequential",
+        "max_steps": 1,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+    defaults.update(args)
+    return BlapStage1Trainer(
+        model=model,
+        args=BlapStage1TrainingArguments(**defaults),
+        train_dataset=rows,
+        eval_dataset=rows,
+        data_collator=BlapStage1Collator(processor, random_caption=False),
+        processing_class=processor,
+    )
+
+
+def test_collator_decodes_audio_and_picks_captions(stage1_processor, tmp_path):
+    import numpy as np
+    import soundfile
+
+    from transformers_blap.training.stage1 import BlapStage1Collator, decode_audio, drop_first_word
+
+    stereo_48k = np.stack([np.linspace(-0.5, 0.5, 48_000), np.zeros(48_000)]).astype(np.float32)
+    soundfile.write(tmp_path / "clip.wav", stereo_48k.T, 48_000)
+    from_path = decode_audio(tmp_path / "clip.wav", 16_000)
+    assert from_path.shape == (16_000,) and from_path.dtype == np.float32
+    assert abs(from_path[8_000] - decode_audio({"array": stereo_48k, "sampling_rate": 48_000}, 16_000)[8_000]) < 1e-4
+    from_bytes = decode_audio({"bytes": (tmp_path / "clip.wav").read_bytes(), "path": None}, 16_000)
+    np.testing.assert_allclose(from_bytes, from_path)
+    with pytest.raises(TypeError, match="file path"):
+        decode_audio(3, 16_000)
+
+    assert drop_first_word("Upbeat pop song", ["Upbeat"], 1.0) == "pop song"
+    assert drop_first_word("Upbeat pop song", ["Upbeat"], 0.0) == "Upbeat pop song"
+    assert drop_first_word("A pop song", ["Upbeat"], 1.0) == "A pop song"
+
+    rows = [{"audio": str(tmp_path / "clip.wav"), "caption": ["Upbeat pop song", "Upbeat rock"]}]
+    collator = BlapStage1Collator(stage1_processor, first_word_drop=["Upbeat"], first_word_drop_probability=1.0)
+    batch = collator(rows * 2)
+    assert set(batch) == {"input_features", "input_ids", "attention_mask"}
+    assert batch["input_features"].shape == (2, 1, 101, 16)
+    decoded = stage1_processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert all(text in ("pop song", "rock") for text in decoded)
+    evaluation = collator.for_evaluation()(rows)
+    assert stage1_processor.tokenizer.decode(evaluation["input_ids"][0], skip_special_tokens=True) == "upbeat pop song"
+    with pytest.raises(KeyError, match="remove_unused_columns=False"):
+        collator([{"caption": "x"}])
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        collator([{"audio": str(tmp_path / "clip.wav"), "caption": []}])
+
+
+def test_spec_augment_masks_stripes():
+    from transformers_blap.training.stage1 import spec_augment
+
+    log_mel = torch.randn(3, 1, 100, 16) + 5
+    masked = spec_augment(log_mel, time_stripes=2, time_width=30, freq_stripes=2, freq_width=6)
+    changed = log_mel.ne(masked)
+    assert masked.shape == log_mel.shape and changed.any() and torch.all(masked[changed] == 0)
+    zeros = masked.eq(0)
+    assert zeros.any()
+    # Masked cells form whole frames or whole bins.
+    for clip in zeros[:, 0]:
+        frames = clip.all(dim=1)
+        bins = clip.all(dim=0)
+        assert torch.equal(clip, frames[:, None] | bins[None, :])
+    assert torch.equal(spec_augment(log_mel, 0, 64, 0, 8), log_mel)
+
+
+def test_trainer_logs_three_losses_and_divides_by_accumulation(stage1_processor, tmp_path):
+    from transformers_blap.training.stage1 import BlapStage1Collator
+
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(_no_dropout_config())
+    reference = BlapForRepresentationLearning(_no_dropout_config())
+    reference.load_state_dict(model.state_dict())
+    rows = _rows(4)  # two identical micro-batches (A, B)
+    trainer = _trainer(
+        tmp_path,
+        model,
+        stage1_processor,
+        rows,
+        gradient_accumulation_steps=2,
+        optim="sgd",
+        learning_rate=0.1,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+    )
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "loss_atc" in entry)
+    assert {"loss", "loss_atc", "loss_atm", "loss_lm"} <= set(logged)
+    assert abs(logged["loss"] - (logged["loss_atc"] + logged["loss_atm"] + logged["loss_lm"])) < 1e-3
+
+    # One SGD step on the mean of two equal micro-batch losses = one step on one micro-batch's loss.
+    reference.train()
+    batch = BlapStage1Collator(stage1_processor, random_caption=False)(rows[:2])
+    out = reference(**batch, return_loss=True)
+    out.loss.backward()
+    assert abs(logged["loss"] - out.loss.item()) < 1e-4
+    for (name, param), (_, before) in zip(model.named_parameters(), reference.named_parameters()):
+        expected = before.detach() - 0.1 * before.grad
+        torch.testing.assert_close(param.detach(), expected, rtol=1e-4, atol=1e-6, msg=name)
+
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_loss_atc", "eval_loss_atm", "eval_loss_lm"} <= set(metrics)
+    assert (
+        abs(metrics["eval_loss"] - (metrics["eval_loss_atc"] + metrics["eval_loss_atm"] + metrics["eval_loss_lm"]))
+        < 1e-3
+    )
+
+
+def test_trainer_freezes_the_audio_encoder_on_request(stage1_processor, tmp_path):
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(_no_dropout_config())
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    trainer = _trainer(tmp_path, model, stage1_processor, _rows(2), train_audio_encoder=False)
+    trainer.train()
+    after = model.state_dict()
+    for name, tensor in before.items():
+        if name.startswith("audio_encoder."):  # weights and BatchNorm statistics alike
+            assert torch.equal(after[name], tensor), name
+    assert not torch.equal(after["query_tokens"], before["query_tokens"])
+    assert not torch.equal(after["audio_layernorm.weight"], before["audio_layernorm.weight"])
+
+
+def test_trainer_spec_augment_applies_in_training_only(stage1_processor, tmp_path):
+    from transformers_blap.training.stage1 import BlapStage1Collator
+
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(_no_dropout_config())
+    trainer = _trainer(
+        tmp_path,
+        model,
+        stage1_processor,
+        _rows(2),
+        spec_augment=True,
+        spec_augment_time_width=80,
+        spec_augment_freq_width=12,
+    )
+    batch = BlapStage1Collator(stage1_processor, random_caption=False)(_rows(2))
+    model.eval()
+    plain = trainer.compute_loss(model, batch).item()
+    assert trainer.compute_loss(model, batch).item() == plain  # eval: no masking
+    model.train()
+    torch.manual_seed(1)
+    augmented = trainer.compute_loss(model, batch).item()
+    assert augmented != plain
+    assert not model.audio_encoder.audio_encoder.batch_norm._forward_hooks  # the hook is gone afterwards
+
+
+def test_trainer_bf16_gradient_checkpointing_and_resume(stage1_processor, tmp_path):
+    rows = _rows(6)
+
+    def run(output_dir, **args):
+        torch.manual_seed(0)
+        model = BlapForRepresentationLearning(_no_dropout_config())
+        trainer = _trainer(output_dir, model, stage1_processor, rows, **args)
+        return model, trainer
+
+    model, trainer = run(tmp_path / "bf16", bf16=True, activation_checkpointing=True, max_steps=2)
+    trainer.train()
+    assert model.is_activation_checkpointing
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry)
+
+    straight, trainer = run(tmp_path / "straight", max_steps=3)
+    trainer.train()
+    _, trainer = run(tmp_path / "resumed", max_steps=3, save_strategy="steps", save_steps=1)
+    trainer.train()
+    checkpoint = tmp_path / "resumed" / "checkpoint-1"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "tokenizer_config.json").is_file()
+    resumed, trainer = run(tmp_path / "resumed", max_steps=3)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_trainer_push_to_hub_uploads_a_complete_stage1_folder(stage1_processor, tmp_path, monkeypatch):
+    import transformers.trainer
+
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append(
+                {
+                    "repo_id": repo_id,
+                    "files": sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()),
+                }
+            )
+            return type("Commit", (), {"oid": "0" * 40, "commit_url": "", "pr_url": None})()
+
+        def whoami(self, *args, **kwargs):
+            return {"name": "user"}
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(_no_dropout_config())
+    trainer = _trainer(tmp_path, model, stage1_processor, _rows(2), push_to_hub=True, hub_model_id="user/blap-stage1")
+    trainer.train()
+    trainer.push_to_hub(blocking=True)
+    assert uploads and uploads[-1]["repo_id"] == "user/blap-stage1"
+    files = set(uploads[-1]["files"])
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "processor_config.json"} <= files

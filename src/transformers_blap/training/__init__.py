@@ -1,0 +1,1 @@
+"""Training utilities: collators, caption augmentation and the stage-1 / stage-2 Trainer subclasses."""
