@@ -539,3 +539,91 @@ def test_trainer_push_to_hub_uploads_a_complete_stage1_folder(stage1_processor, 
     assert uploads and uploads[-1]["repo_id"] == "user/blap-stage1"
     files = set(uploads[-1]["files"])
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "processor_config.json"} <= files
+
+
+# ---------------------------------------------------------------------------------------------- pretrained parts
+
+
+def _tiny_clap_model():
+    from transformers import ClapConfig, ClapModel
+
+    from tiny import TINY_AUDIO
+
+    text = {
+        "vocab_size": 100,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "projection_dim": 8,
+    }
+    torch.manual_seed(5)
+    return ClapModel(ClapConfig(audio_config=TINY_AUDIO, text_config=text, projection_dim=8))
+
+
+def test_from_pretrained_parts_clap_bert_t5(fixture_dir, tmp_path):
+    from transformers import BertForMaskedLM
+
+    from transformers_blap import build_qformer_tokenizer
+
+    clap = _tiny_clap_model()
+    clap.save_pretrained(tmp_path / "clap")
+    bert_dir = fixture_dir / "bert-base-uncased"
+    model = BlapForRepresentationLearning.from_pretrained_parts(
+        tmp_path / "clap", bert_dir, fixture_dir / "flan-t5-tiny", num_query_tokens=4, embed_dim=8
+    )
+    bert = BertForMaskedLM.from_pretrained(bert_dir, dtype=torch.float32)
+    config = model.config
+    # Configuration from the parts: BERT's sizes plus [DEC], the T5 with exact GELU.
+    assert config.qformer_config.hidden_size == 128 and config.qformer_config.num_hidden_layers == 4
+    assert config.qformer_config.vocab_size == 30523 and config.qformer_config.cross_attention_frequency == 2
+    assert config.qformer_dec_token_id == build_qformer_tokenizer(bert_dir).bos_token_id
+    assert config.text_config.d_model == 64 and config.text_config.dense_act_fn == "gelu"
+    assert not hasattr(model, "language_model")
+    # Audio encoder: CLAP's audio tower, exactly.
+    for name, tensor in clap.audio_model.state_dict().items():
+        torch.testing.assert_close(model.audio_encoder.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    # Q-Former: BERT's embeddings, attention and FFN; query FFN copied from the text FFN; cross-attention fresh.
+    bert_state = bert.state_dict()
+    qformer = model.qformer.encoder.layer
+    for i in range(4):
+        for module in ("intermediate", "intermediate_query"):
+            torch.testing.assert_close(
+                getattr(qformer[i], module).dense.weight,
+                bert_state[f"bert.encoder.layer.{i}.intermediate.dense.weight"],
+            )
+        for module in ("output", "output_query"):
+            torch.testing.assert_close(
+                getattr(qformer[i], module).LayerNorm.bias, bert_state[f"bert.encoder.layer.{i}.output.LayerNorm.bias"]
+            )
+        torch.testing.assert_close(
+            qformer[i].attention.attention.key.weight, bert_state[f"bert.encoder.layer.{i}.attention.self.key.weight"]
+        )
+        assert hasattr(qformer[i], "crossattention") == (i % 2 == 0)
+    assert qformer[0].crossattention.attention.key.weight.shape == (128, 16)  # attends to the audio tokens
+    words = model.text_embeddings.word_embeddings.weight
+    torch.testing.assert_close(words[:30522], bert_state["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(words[30522], torch.zeros(128))
+    torch.testing.assert_close(model.qformer.layernorm.weight, bert_state["bert.embeddings.LayerNorm.weight"])
+    torch.testing.assert_close(model.lm_head.dense.weight, bert_state["cls.predictions.transform.dense.weight"])
+    torch.testing.assert_close(model.lm_head.decoder.bias[:30522], bert_state["cls.predictions.bias"])
+    assert model.lm_head.decoder.weight is words
+
+    # It trains, and a stage-1 save carries no language model.
+    batch = _batch()
+    model(**batch, return_loss=True).loss.backward()
+    model.save_pretrained(tmp_path / "stage1")
+    assert (tmp_path / "stage1" / "model.safetensors").stat().st_size < 30e6
+    reloaded = BlapForRepresentationLearning.from_pretrained(tmp_path / "stage1")
+    torch.testing.assert_close(reloaded.qformer.layernorm.weight, model.qformer.layernorm.weight)
+
+    # Loaded parts work as well as paths; bad parts are named.
+    from_models = BlapForRepresentationLearning.from_pretrained_parts(clap.audio_model, bert.bert, num_query_tokens=4)
+    torch.testing.assert_close(
+        from_models.text_embeddings.position_embeddings.weight, model.text_embeddings.position_embeddings.weight
+    )
+    assert from_models.config.text_config.d_model == 2048  # Flan-T5-XL by default
+    with pytest.raises(ValueError, match="not a CLAP checkpoint"):
+        BlapForRepresentationLearning.from_pretrained_parts(bert_dir, bert_dir)
+    with pytest.raises(TypeError, match="BERT"):
+        BlapForRepresentationLearning.from_pretrained_parts(clap, clap)

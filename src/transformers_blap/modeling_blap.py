@@ -1,6 +1,8 @@
 """BLAP: HTS-AT audio encoder -> Q-Former -> T5, as a transformers model."""
 
 import copy
+import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -8,10 +10,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    AutoConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertModel,
     Blip2QFormerConfig,
     Blip2QFormerModel,
+    ClapAudioConfig,
     ClapAudioModel,
+    ClapConfig,
+    ClapModel,
     GenerationConfig,
+    T5Config,
     T5ForConditionalGeneration,
 )
 from transformers import initialization as init
@@ -658,6 +668,152 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         for name in getattr(self, "_frozen_eval_modules", ()):
             getattr(self, name).eval()
         return self
+
+    # ------------------------------------------------------------------ building from pretrained parts
+
+    @classmethod
+    def from_pretrained_parts(
+        cls,
+        audio_encoder: str | os.PathLike | ClapModel | ClapAudioModel,
+        qformer: str | os.PathLike | BertModel | BertForMaskedLM | BertForPreTraining = "bert-base-uncased",
+        language_model: str | os.PathLike | T5Config | None = None,
+        **config_kwargs,
+    ) -> "BlapForRepresentationLearning":
+        r"""
+        A stage-1 model built from pretrained parts, as BLAP was.
+
+        - Audio encoder: a CLAP audio tower in transformers format, e.g. `"laion/clap-htsat-unfused"` or
+          `"laion/larger_clap_music"` (a `ClapModel` checkpoint, whose text tower is dropped) or a `ClapAudioModel`;
+          without feature fusion. A raw LAION CLAP `.pt` converts with
+          `transformers_blap.conversion.laion_clap.convert_laion_clap_checkpoint` first.
+        - Q-Former: BERT (`"bert-base-uncased"`): its embeddings, self-attention and feed-forward layers; the query
+          feed-forward layers (`intermediate_query`, `output_query`) start as copies of the text ones; the
+          cross-attention layers (every `cross_attention_frequency`-th layer, default 2) and the `[DEC]` embedding are
+          new; the LM head comes from BERT's masked-LM head when the checkpoint has one. BERT's segment embeddings
+          and pooler have no counterpart. The vocabulary grows by one token, `[DEC]`, whose id is BERT's vocabulary
+          size (30522 for bert-base-uncased: what [`build_qformer_tokenizer`] gives).
+        - Language model: only its configuration is read (stage 1 holds no language model; stage 2 loads its
+          weights), with the original's exact-GELU activation. Defaults to Flan-T5-XL's.
+
+        Args:
+            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, or a
+                loaded model.
+            qformer (`str`, `os.PathLike` or a BERT model, *optional*, defaults to `"bert-base-uncased"`).
+            language_model (`str`, `os.PathLike` or `T5Config`, *optional*): the T5 of stage 2.
+            config_kwargs: further [`BlapConfig`] arguments (`num_query_tokens`, `embed_dim`, ...) and
+                `cross_attention_frequency`.
+
+        Returns:
+            [`BlapForRepresentationLearning`], in eval mode (as `from_pretrained` returns models).
+        """
+        audio = cls._load_clap_audio_model(audio_encoder)
+        bert, mlm_head = cls._load_bert(qformer)
+        if language_model is None:
+            text_config = None
+        elif isinstance(language_model, T5Config):
+            text_config = language_model.to_dict()
+        else:
+            text_config = T5Config.from_pretrained(language_model).to_dict()
+        if text_config is not None:
+            text_config["dense_act_fn"] = "gelu"
+        bert_config = bert.config
+        qformer_config = {
+            "vocab_size": bert_config.vocab_size + 1,
+            "hidden_size": bert_config.hidden_size,
+            "num_hidden_layers": bert_config.num_hidden_layers,
+            "num_attention_heads": bert_config.num_attention_heads,
+            "intermediate_size": bert_config.intermediate_size,
+            "hidden_act": bert_config.hidden_act,
+            "hidden_dropout_prob": bert_config.hidden_dropout_prob,
+            "attention_probs_dropout_prob": bert_config.attention_probs_dropout_prob,
+            "max_position_embeddings": bert_config.max_position_embeddings,
+            "layer_norm_eps": bert_config.layer_norm_eps,
+            "pad_token_id": bert_config.pad_token_id,
+            "cross_attention_frequency": config_kwargs.pop("cross_attention_frequency", 2),
+        }
+        config = BlapConfig(
+            audio_config=audio.config.to_dict(),
+            qformer_config=qformer_config,
+            text_config=text_config,
+            qformer_dec_token_id=bert_config.vocab_size,
+            **config_kwargs,
+        )
+        model = cls(config)
+        model.audio_encoder.load_state_dict(audio.state_dict())
+        model._load_bert_weights(bert, mlm_head)
+        return model.eval()
+
+    @staticmethod
+    def _load_clap_audio_model(audio_encoder) -> ClapAudioModel:
+        if isinstance(audio_encoder, (str, os.PathLike)):
+            config = AutoConfig.from_pretrained(audio_encoder)
+            if isinstance(config, ClapConfig):
+                return ClapModel.from_pretrained(audio_encoder, dtype=torch.float32).audio_model
+            if isinstance(config, ClapAudioConfig):
+                return ClapAudioModel.from_pretrained(audio_encoder, dtype=torch.float32)
+            raise ValueError(f"`audio_encoder` {audio_encoder!r} is a {type(config).__name__}, not a CLAP checkpoint.")
+        if isinstance(audio_encoder, ClapModel):
+            return audio_encoder.audio_model
+        if isinstance(audio_encoder, ClapAudioModel):
+            return audio_encoder
+        raise TypeError(
+            f"`audio_encoder` must be a CLAP checkpoint or a ClapModel / ClapAudioModel, got {type(audio_encoder)}."
+        )
+
+    @staticmethod
+    def _load_bert(qformer) -> tuple[BertModel, nn.Module | None]:
+        """The BERT encoder and its masked-LM prediction head (None when the checkpoint has none)."""
+        if isinstance(qformer, (str, os.PathLike)):
+            qformer = BertForMaskedLM.from_pretrained(qformer, dtype=torch.float32)
+        if isinstance(qformer, (BertForMaskedLM, BertForPreTraining)):
+            return qformer.bert, qformer.cls.predictions
+        if isinstance(qformer, BertModel):
+            return qformer, None
+        raise TypeError(f"`qformer` must be a BERT checkpoint or a BERT model, got {type(qformer).__name__}.")
+
+    @torch.no_grad()
+    def _load_bert_weights(self, bert: BertModel, mlm_head: nn.Module | None) -> None:
+        """Copy BERT into the Q-Former, its embeddings and LM head (see `from_pretrained_parts`)."""
+        params = dict(self.named_parameters())
+        copies: dict[str, torch.Tensor] = {}
+        for name, tensor in bert.state_dict().items():
+            if name.startswith(("embeddings.token_type_embeddings.", "pooler.")):
+                continue
+            layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", name)
+            if name.startswith("embeddings.LayerNorm."):
+                targets = ["qformer.layernorm." + name.rsplit(".", 1)[1]]
+            elif name.startswith("embeddings."):
+                targets = ["text_embeddings." + name[len("embeddings.") :]]
+            elif layer is not None and layer.group(2).startswith("attention.self."):
+                targets = [f"qformer.encoder.layer.{layer.group(1)}.attention.attention.{layer.group(2)[15:]}"]
+            elif layer is not None and layer.group(2).startswith(("intermediate.", "output.")):
+                module, rest = layer.group(2).split(".", 1)
+                prefix = f"qformer.encoder.layer.{layer.group(1)}."
+                targets = [f"{prefix}{module}.{rest}", f"{prefix}{module}_query.{rest}"]
+            elif layer is not None:
+                targets = [f"qformer.encoder.layer.{layer.group(1)}.{layer.group(2)}"]
+            else:
+                raise ValueError(f"Unexpected BERT weight {name!r}: cannot place it in the Q-Former.")
+            for target in targets:
+                copies[target] = tensor
+        if mlm_head is not None:
+            copies["lm_head.dense.weight"] = mlm_head.transform.dense.weight
+            copies["lm_head.dense.bias"] = mlm_head.transform.dense.bias
+            copies["lm_head.layer_norm.weight"] = mlm_head.transform.LayerNorm.weight
+            copies["lm_head.layer_norm.bias"] = mlm_head.transform.LayerNorm.bias
+            copies["lm_head.decoder.bias"] = mlm_head.decoder.bias
+        for target, tensor in copies.items():
+            if target not in params:
+                raise ValueError(f"BERT weight for {target!r} has no place in this Q-Former (layer count mismatch?).")
+            param = params[target]
+            if target in ("text_embeddings.word_embeddings.weight", "lm_head.decoder.bias"):
+                param[: tensor.shape[0]].copy_(tensor)  # the last row / entry is [DEC]'s, new
+            elif param.shape != tensor.shape:
+                raise ValueError(
+                    f"BERT weight for {target!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}."
+                )
+            else:
+                param.copy_(tensor)
 
     # ------------------------------------------------------------------ Q-Former passes
 
