@@ -627,3 +627,162 @@ def test_from_pretrained_parts_clap_bert_t5(fixture_dir, tmp_path):
         BlapForRepresentationLearning.from_pretrained_parts(bert_dir, bert_dir)
     with pytest.raises(TypeError, match="BERT"):
         BlapForRepresentationLearning.from_pretrained_parts(clap, clap)
+
+
+# ---------------------------------------------------------------------------------------------- script
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_stage1.py"
+    spec = importlib.util.spec_from_file_location("train_stage1", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_clips(folder, n: int = 4) -> list:
+    import numpy as np
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"clip{i}.wav")
+        soundfile.write(paths[-1], (0.2 * rng.standard_normal(16_000)).astype(np.float32), 16_000)
+    return paths
+
+
+def test_read_audio_captions_from_csv_jsonl_and_folder(tmp_path):
+    import json
+
+    from transformers_blap.training.stage1 import read_audio_captions
+
+    paths = _write_clips(tmp_path / "audio", 2)
+    (tmp_path / "pairs.csv").write_text(
+        "audio,caption\naudio/clip0.wav,calm piano\naudio/clip1.wav,loud drums\naudio/clip0.wav,soft keys\n"
+    )
+    rows = read_audio_captions(tmp_path / "pairs.csv")
+    assert rows == [
+        {"audio": str(paths[0]), "caption": ["calm piano", "soft keys"]},
+        {"audio": str(paths[1]), "caption": ["loud drums"]},
+    ]
+    lines = [
+        {"file_name": "audio/clip0.wav", "text": ["calm piano", "soft keys"]},
+        {"file_name": "audio/clip1.wav", "text": "loud drums"},
+    ]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    assert read_audio_captions(tmp_path, caption_column="text") == [
+        {"audio": str(paths[0]), "text": ["calm piano", "soft keys"]},
+        {"audio": str(paths[1]), "text": ["loud drums"]},
+    ]
+    (tmp_path / "audio" / "clip0.txt").write_text("calm piano\n\nsoft keys\n")
+    with pytest.raises(FileNotFoundError, match="clip1.txt"):
+        read_audio_captions(tmp_path / "audio")
+    (tmp_path / "audio" / "clip1.txt").write_text("loud drums")
+    assert read_audio_captions(tmp_path / "audio")[0]["caption"] == ["calm piano", "soft keys"]
+    (tmp_path / "bad.csv").write_text("path,caption\nx.wav,a\n")
+    with pytest.raises(ValueError, match="row 1: needs 'audio'"):
+        read_audio_captions(tmp_path / "bad.csv")
+
+
+def test_train_stage1_script_from_parts_and_csv(fixture_dir, tmp_path):
+    from tiny import tiny_feature_extractor
+
+    _write_clips(tmp_path / "data" / "audio")
+    rows = "".join(f"audio/clip{i}.wav,caption number {i}\naudio/clip{i}.wav,another caption {i}\n" for i in range(4))
+    (tmp_path / "data" / "pairs.csv").write_text("audio,caption\n" + rows)
+    _tiny_clap_model().save_pretrained(tmp_path / "clap")
+    tiny_feature_extractor().save_pretrained(tmp_path / "fe")
+    out = tmp_path / "out"
+    trainer = _script().main(
+        [
+            "--data",
+            str(tmp_path / "data" / "pairs.csv"),
+            "--eval_fraction",
+            "0.5",
+            "--audio_encoder",
+            str(tmp_path / "clap"),
+            "--qformer",
+            str(fixture_dir / "bert-base-uncased"),
+            "--language_model",
+            str(fixture_dir / "flan-t5-tiny"),
+            "--feature_extractor",
+            str(tmp_path / "fe"),
+            "--num_query_tokens",
+            "4",
+            "--embed_dim",
+            "8",
+            "--first_word_drop",
+            "caption",
+            "another",
+            "--output_dir",
+            str(out),
+            "--per_device_train_batch_size",
+            "2",
+            "--max_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--train_audio_encoder",
+            "false",
+        ]
+    )
+    assert trainer.data_collator.first_word_drop == ["caption", "another"]
+    assert any("loss_atc" in entry for entry in trainer.state.log_history)
+    assert any("eval_loss_lm" in entry for entry in trainer.state.log_history)
+    assert not any(p.requires_grad for p in trainer.model.audio_encoder.parameters())
+    model = BlapForRepresentationLearning.from_pretrained(out)
+    assert model.config.qformer_config.hidden_size == 128
+    from transformers_blap import BlapStage1Processor
+
+    assert BlapStage1Processor.from_pretrained(out).feature_extractor.sampling_rate == 16_000
+
+
+def test_train_stage1_script_continues_from_a_checkpoint_with_a_datasets_dataset(stage1_processor, tmp_path):
+    from datasets import Audio, Dataset
+
+    paths = _write_clips(tmp_path / "audio")
+    dataset = Dataset.from_dict({"song": [str(p) for p in paths], "texts": [["a", "b"], ["c"], ["d"], ["e", "f"]]})
+    dataset.cast_column("song", Audio()).save_to_disk(tmp_path / "dataset")
+    torch.manual_seed(0)
+    BlapForRepresentationLearning(_no_dropout_config()).save_pretrained(tmp_path / "start")
+    stage1_processor.save_pretrained(tmp_path / "start")
+    trainer = _script().main(
+        [
+            "--dataset",
+            str(tmp_path / "dataset"),
+            "--audio_column",
+            "song",
+            "--caption_column",
+            "texts",
+            "--model",
+            str(tmp_path / "start"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--per_device_train_batch_size",
+            "2",
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--spec_augment",
+        ]
+    )
+    assert trainer.state.global_step == 2 and trainer.args.spec_augment
+    assert [entry["loss_lm"] > 0 for entry in trainer.state.log_history if "loss_lm" in entry] == [True, True]
+    with pytest.raises(ValueError, match="exactly one of --data"):
+        _script().main(["--output_dir", str(tmp_path / "x"), "--use_cpu"])

@@ -73,6 +73,70 @@ def decode_audio(audio: Any, sampling_rate: int) -> np.ndarray:
     return waveform
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
+
+
+def read_audio_captions(
+    path: str | os.PathLike, audio_column: str = "audio", caption_column: str = "caption"
+) -> list[dict[str, Any]]:
+    """
+    Read audio paths and their captions from a CSV file, a JSON Lines file or a folder.
+
+    - CSV / JSONL: one row per (audio, caption) pair or per clip; `caption_column` holds a string (or, in JSONL, a
+      list of strings). Rows naming the same audio are merged into one clip with several captions. Relative audio
+      paths are relative to the file's folder.
+    - Folder: its `metadata.jsonl` / `metadata.csv` (read as above; `file_name` is accepted as the audio column, as
+      in `datasets`' audiofolder), or else every audio file with a sidecar `.txt` of one caption per line.
+
+    Returns:
+        `list[dict]`: `{audio_column: absolute path, caption_column: list[str]}` per clip, in first-seen order.
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        for name in ("metadata.jsonl", "metadata.csv"):
+            if (path / name).is_file():
+                return read_audio_captions(path / name, audio_column, caption_column)
+        clips = []
+        for audio in sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+            sidecar = audio.with_suffix(".txt")
+            if not sidecar.is_file():
+                raise FileNotFoundError(f"{audio} has no caption file {sidecar.name} beside it.")
+            captions = [line.strip() for line in sidecar.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not captions:
+                raise ValueError(f"{sidecar} holds no caption.")
+            clips.append({audio_column: str(audio), caption_column: captions})
+        if not clips:
+            raise ValueError(
+                f"{path} has no metadata.jsonl, metadata.csv or audio files ({', '.join(AUDIO_EXTENSIONS)})."
+            )
+        return clips
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+    elif path.suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise ValueError(f"{path}: expected a folder, a .csv or a .jsonl file.")
+    grouped: dict[str, list[str]] = {}
+    for number, row in enumerate(rows, start=1):
+        audio = row.get(audio_column, row.get("file_name"))
+        caption = row.get(caption_column)
+        if not audio or caption is None:
+            raise ValueError(
+                f"{path}, row {number}: needs {audio_column!r} and {caption_column!r}, got {sorted(row)}."
+            )
+        captions = [caption] if isinstance(caption, str) else list(caption)
+        if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise ValueError(f"{path}, row {number}: {caption_column!r} must be a non-empty string or list of them.")
+        audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
+        grouped.setdefault(str(audio_path), []).extend(c.strip() for c in captions)
+    return [{audio_column: audio, caption_column: captions} for audio, captions in grouped.items()]
+
+
 def drop_first_word(caption: str, words: Sequence[str], probability: float, rng: random.Random = random) -> str:
     """
     The original release's stage-1 caption de-biasing: if the caption's first word (split on spaces) is one of
@@ -326,5 +390,6 @@ __all__ = [
     "BlapStage1TrainingArguments",
     "decode_audio",
     "drop_first_word",
+    "read_audio_captions",
     "spec_augment",
 ]
