@@ -786,3 +786,20 @@ def test_train_stage1_script_continues_from_a_checkpoint_with_a_datasets_dataset
     assert [entry["loss_lm"] > 0 for entry in trainer.state.log_history if "loss_lm" in entry] == [True, True]
     with pytest.raises(ValueError, match="exactly one of --data"):
         _script().main(["--output_dir", str(tmp_path / "x"), "--use_cpu"])
+
+
+def test_qformer_text_passes_stay_float32_under_bf16_autocast(model):
+    batch = _batch()
+    dtypes = []
+    linear = model.qformer.encoder.layer[0].attention.attention.query
+    hook = linear.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            audio_embeds = model.get_audio_features(batch["input_features"])
+            model._text_pass(batch["input_ids"], batch["attention_mask"])
+            for causal in (False, True):
+                model._audio_text_pass(audio_embeds, batch["input_ids"], batch["attention_mask"], causal=causal)
+            assert model.atm_head(torch.ones(1, 16)).dtype == torch.bfloat16  # autocast is on around them
+    finally:
+        hook.remove()
+    assert dtypes == [torch.float32] * 3

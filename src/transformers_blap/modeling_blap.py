@@ -1,5 +1,6 @@
 """BLAP: HTS-AT audio encoder -> Q-Former -> T5, as a transformers model."""
 
+import contextlib
 import copy
 import os
 import re
@@ -595,6 +596,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "text_embeddings.word_embeddings.weight"}
+    # `forward` takes no loss kwargs: Trainer divides each micro-batch's loss by the gradient-accumulation steps.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: BlapConfig):
         super().__init__(config)
@@ -854,12 +857,23 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         mask = torch.zeros(batch_size, 1, length, length, dtype=dtype, device=device)
         return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
+    def _qformer_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast off around a float32 Q-Former (kept in float32), so mixed precision does not run it in half."""
+        if (
+            self.qformer.layernorm.weight.dtype == torch.float32
+            and torch.amp.is_autocast_available(device.type)
+            and torch.is_autocast_enabled(device.type)
+        ):
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
+
     def _text_pass(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text alone through the Q-Former (text feed-forward, no cross-attention): `(batch_size, text_length, H)`."""
         embeds = self.text_embeddings(input_ids)
         dtype = self.qformer.layernorm.weight.dtype
         mask = self.audio_text_attention_mask(attention_mask, 0, causal=False, dtype=dtype)
-        return self.qformer(query_embeds=embeds, query_length=0, attention_mask=mask).last_hidden_state
+        with self._qformer_precision(embeds.device):
+            return self.qformer(query_embeds=embeds.to(dtype), query_length=0, attention_mask=mask).last_hidden_state
 
     def _audio_text_pass(
         self, audio_embeds: torch.Tensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor, causal: bool
@@ -875,10 +889,15 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         queries = self.query_tokens.expand(input_ids.shape[0], -1, -1)
         text = self.text_embeddings(input_ids)
         embeds = torch.cat([queries, text.to(queries.dtype)], dim=1)
-        mask = self.audio_text_attention_mask(attention_mask, num_queries, causal, self.qformer.layernorm.weight.dtype)
-        hidden = self.qformer(
-            query_embeds=embeds, query_length=num_queries, attention_mask=mask, encoder_hidden_states=audio_embeds
-        ).last_hidden_state
+        dtype = self.qformer.layernorm.weight.dtype
+        mask = self.audio_text_attention_mask(attention_mask, num_queries, causal, dtype)
+        with self._qformer_precision(embeds.device):
+            hidden = self.qformer(
+                query_embeds=embeds.to(dtype),
+                query_length=num_queries,
+                attention_mask=mask,
+                encoder_hidden_states=audio_embeds.to(dtype),
+            ).last_hidden_state
         return hidden[:, :num_queries], hidden[:, num_queries:]
 
     # ------------------------------------------------------------------ embeddings
