@@ -1075,7 +1075,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
             negative_audio = torch.multinomial(weights_t2a, 1).squeeze(1)[local]
             negative_text = torch.multinomial(weights_a2t, 1).squeeze(1)[local]
         audio_embeds_all = gather_with_grad(audio_embeds)
-        max_length = max(gather(torch.tensor([input_ids.shape[1]], device=input_ids.device)).tolist())
+        length = torch.tensor([input_ids.shape[1]], device=input_ids.device)
+        max_length = max(_all_gather(length, [1] * world_size).tolist()) if world_size > 1 else input_ids.shape[1]
         pad = (0, max_length - input_ids.shape[1])
         ids = F.pad(input_ids, pad, value=self.config.qformer_config.pad_token_id)
         mask = F.pad(attention_mask, pad, value=0)
