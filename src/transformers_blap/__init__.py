@@ -1,5 +1,16 @@
 """transformers_blap: BLAP music captioning as a Hugging Face transformers model."""
 
+from .audio import (
+    AudioDecodeError,
+    AudioWindow,
+    audio_duration,
+    iter_windows,
+    load_audio,
+    select_track_caption,
+    split_windows,
+    track_caption_index,
+    window_bounds,
+)
 from .configuration_blap import DEFAULT_PROMPT, BlapConfig
 from .feature_extraction_blap import BlapFeatureExtractor
 from .modeling_blap import (
@@ -12,6 +23,15 @@ from .modeling_blap import (
 from .processing_blap import BlapProcessor, BlapStage1Processor, build_qformer_tokenizer
 
 __all__ = [
+    "AudioDecodeError",
+    "AudioWindow",
+    "audio_duration",
+    "iter_windows",
+    "load_audio",
+    "select_track_caption",
+    "split_windows",
+    "track_caption_index",
+    "window_bounds",
     "DEFAULT_PROMPT",
     "BlapConfig",
     "BlapFeatureExtractor",
