@@ -354,17 +354,23 @@ def test_collator_decodes_audio_and_picks_captions(stage1_processor, tmp_path):
     import numpy as np
     import soundfile
 
-    from transformers_blap.training.stage1 import BlapStage1Collator, decode_audio, drop_first_word
+    from transformers_blap.training.stage1 import BlapStage1Collator, drop_first_word
 
     stereo_48k = np.stack([np.linspace(-0.5, 0.5, 48_000), np.zeros(48_000)]).astype(np.float32)
-    soundfile.write(tmp_path / "clip.wav", stereo_48k.T, 48_000)
-    from_path = decode_audio(tmp_path / "clip.wav", 16_000)
-    assert from_path.shape == (16_000,) and from_path.dtype == np.float32
-    assert abs(from_path[8_000] - decode_audio({"array": stereo_48k, "sampling_rate": 48_000}, 16_000)[8_000]) < 1e-4
-    from_bytes = decode_audio({"bytes": (tmp_path / "clip.wav").read_bytes(), "path": None}, 16_000)
-    np.testing.assert_allclose(from_bytes, from_path)
-    with pytest.raises(TypeError, match="file path"):
-        decode_audio(3, 16_000)
+    soundfile.write(tmp_path / "clip.wav", stereo_48k.T, 48_000, subtype="FLOAT")
+    collator = BlapStage1Collator(stage1_processor, random_caption=False)
+    sources = [
+        str(tmp_path / "clip.wav"),  # a path, 48 kHz stereo
+        {"array": stereo_48k, "sampling_rate": 48_000},  # a decoded datasets Audio value
+        {"bytes": (tmp_path / "clip.wav").read_bytes(), "path": None},  # datasets Audio(decode=False)
+    ]
+    features = collator([{"audio": source, "caption": "x"} for source in sources])["input_features"]
+    torch.testing.assert_close(features[1], features[0], atol=1e-2, rtol=0)  # log-mel dB; blockwise resampling
+    torch.testing.assert_close(features[2], features[0], atol=1e-5, rtol=0)
+    at_rate = collator([{"audio": np.zeros(16_000, np.float32) + 0.1, "caption": "x"}])["input_features"]
+    assert at_rate.shape == (1, 1, 101, 16)  # an array is taken at the feature extractor's rate (16 kHz here)
+    with pytest.raises(ValueError):
+        collator([{"audio": str(tmp_path / "missing.wav"), "caption": "x"}])
 
     assert drop_first_word("Upbeat pop song", ["Upbeat"], 1.0) == "pop song"
     assert drop_first_word("Upbeat pop song", ["Upbeat"], 0.0) == "Upbeat pop song"

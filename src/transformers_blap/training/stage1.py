@@ -5,7 +5,6 @@ clip with the Q-Former's BERT tokenizer, SpecAugment, the first-word caption dro
 """
 
 import dataclasses
-import io
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -14,63 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import soundfile
-import soxr
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
+from ..audio import load_audio
 from ..processing_blap import BlapStage1Processor
 
 STAGE1_LOSSES = ("loss_atc", "loss_atm", "loss_lm")
 
 
 # ----------------------------------------------------------------------------------------------------- data
-
-
-def decode_audio(audio: Any, sampling_rate: int) -> np.ndarray:
-    """
-    One clip as mono float32 at `sampling_rate`, from what a dataset row may hold.
-
-    Args:
-        audio: a file path; a `datasets` Audio value (`{"array", "sampling_rate"}` when decoded, `{"bytes", "path"}`
-            with `decode=False`, or a torchcodec `AudioDecoder`); or a waveform (`np.ndarray` / `torch.Tensor`,
-            `(num_samples,)` or `(channels, num_samples)`) already at `sampling_rate`.
-        sampling_rate (`int`): the rate to return.
-
-    Returns:
-        `np.ndarray` of shape `(num_samples,)`, float32.
-    """
-    rate = sampling_rate
-    if isinstance(audio, (str, os.PathLike)):
-        waveform, rate = soundfile.read(os.fspath(audio), dtype="float32", always_2d=True)
-        waveform = waveform.T
-    elif isinstance(audio, dict) and audio.get("array") is not None:
-        waveform, rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
-    elif isinstance(audio, dict) and (audio.get("bytes") is not None or audio.get("path") is not None):
-        source = io.BytesIO(audio["bytes"]) if audio.get("bytes") is not None else audio["path"]
-        waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
-        waveform = waveform.T
-    elif hasattr(audio, "get_all_samples"):  # torchcodec AudioDecoder (datasets >= 4 with decoding on)
-        samples = audio.get_all_samples()
-        waveform, rate = samples.data.numpy().astype(np.float32), int(samples.sample_rate)
-    elif isinstance(audio, (np.ndarray, torch.Tensor)):
-        waveform = audio.numpy() if isinstance(audio, torch.Tensor) else audio
-        waveform = np.asarray(waveform, dtype=np.float32)
-    else:
-        raise TypeError(
-            "An audio value must be a file path, a `datasets` Audio value, or a waveform array; got"
-            f" {type(audio).__name__}."
-        )
-    if waveform.ndim == 2:
-        waveform = waveform.mean(axis=0)
-    if waveform.ndim != 1 or waveform.size == 0:
-        raise ValueError(f"Expected mono or (channels, samples) audio with samples, got shape {waveform.shape}.")
-    if rate != sampling_rate:
-        waveform = soxr.resample(waveform, rate, sampling_rate).astype(np.float32)
-    return waveform
 
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
@@ -160,7 +115,8 @@ class BlapStage1Collator:
 
     Args:
         processor ([`BlapStage1Processor`]): feature extractor and BERT tokenizer.
-        audio_column (`str`, *optional*, defaults to `"audio"`): see [`decode_audio`] for the accepted values.
+        audio_column (`str`, *optional*, defaults to `"audio"`): a path, encoded bytes, a `datasets` Audio value or
+            a waveform at the feature extractor's rate (see `transformers_blap.audio.load_audio`).
         caption_column (`str`, *optional*, defaults to `"caption"`).
         first_word_drop (`Sequence[str]`, *optional*): first words to drop (the release's list is its own; none by
             default).
@@ -189,7 +145,12 @@ class BlapStage1Collator:
                         f"Example {index} has no {column!r} column (it has {sorted(example)}). With `Trainer`, set"
                         " `remove_unused_columns=False` (BlapStage1TrainingArguments does)."
                     )
-            waveforms.append(decode_audio(example[self.audio_column], sampling_rate))
+            audio = example[self.audio_column]
+            if isinstance(audio, list):
+                audio = np.asarray(audio, dtype=np.float32)
+            # Arrays carry no rate: they are taken to be at the feature extractor's.
+            array_rate = sampling_rate if isinstance(audio, (np.ndarray, torch.Tensor)) else None
+            waveforms.append(load_audio(audio, sampling_rate, source_sampling_rate=array_rate))
             captions.append(self._caption(example[self.caption_column], index))
         batch = self.processor(audio=waveforms, sampling_rate=sampling_rate, text=captions)
         return dict(batch)
@@ -388,7 +349,6 @@ __all__ = [
     "BlapStage1Collator",
     "BlapStage1Trainer",
     "BlapStage1TrainingArguments",
-    "decode_audio",
     "drop_first_word",
     "read_audio_captions",
     "spec_augment",
