@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..audio import load_audio
 from .benchmarks import Benchmark, BenchmarkClip
 from .metrics import ALL_METRICS, CaptionScorer
 from .report import format_table1
@@ -21,10 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
-    """Decodes an audio file to mono float32 at `sampling_rate` (soundfile + soxr, through `transformers`)."""
-    from transformers.audio_utils import load_audio
-
-    return np.asarray(load_audio(str(path), sampling_rate=sampling_rate, backend="soundfile"), dtype=np.float32)
+    """Decodes an audio file to mono float32 at `sampling_rate` (`transformers_blap.audio.load_audio`)."""
+    return load_audio(path, sampling_rate=sampling_rate)
 
 
 def read_predictions(path: str | os.PathLike, benchmark_name: str) -> dict[str, dict[str, Any]]:
