@@ -809,3 +809,64 @@ def test_qformer_text_passes_stay_float32_under_bf16_autocast(model):
     finally:
         hook.remove()
     assert dtypes == [torch.float32] * 3
+
+
+# ---------------------------------------------------------------------------------------------- raw LAION CLAP
+
+
+def _laion_clap_checkpoint(fixture_dir, path) -> dict:
+    """
+    A raw LAION CLAP `.pt` made from the fixture's HTS-AT (original LAION key names, weights the original code ran):
+    `module.`-prefixed keys under `state_dict`, with a text tower, projections and logit scales beside the audio one.
+    """
+    original = torch.load(fixture_dir / "blap_stage2.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    state = {
+        "module." + key[len("audio_encoder.") :]: value
+        for key, value in original.items()
+        if key.startswith("audio_encoder.")
+    }
+    state["module.text_branch.embeddings.word_embeddings.weight"] = torch.randn(10, 4)
+    state["module.text_projection.0.weight"] = torch.randn(4, 4)
+    state["module.logit_scale_a"] = torch.tensor(2.0)
+    torch.save({"epoch": 15, "name": "music_audioset", "state_dict": state}, path)
+    return original
+
+
+def test_raw_laion_clap_checkpoint_converts_to_the_audio_encoder_the_original_ran(fixture_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from transformers_blap.conversion.laion_clap import convert_laion_clap_checkpoint, main
+    from transformers_blap.conversion.validation import ConversionError
+
+    original = _laion_clap_checkpoint(fixture_dir, tmp_path / "clap.pt")
+    audio = convert_laion_clap_checkpoint(tmp_path / "clap.pt", variant="tiny")
+    config = audio.config
+    assert (config.patch_embeds_hidden_size, config.depths, config.hidden_size) == (96, [2, 2, 6, 2], 768)
+    assert config.enable_fusion is False
+    # The original's audio tokens: HTS-AT -> mean over frequency -> ln_audio (fixture reference, float32).
+    reference = load_file(fixture_dir / "reference_outputs.safetensors")
+    with torch.no_grad():
+        hidden = audio(input_features=reference["log_mel"]).last_hidden_state.mean(dim=2).transpose(1, 2)
+        tokens = torch.nn.functional.layer_norm(
+            hidden, (768,), original["ln_audio.weight"].float(), original["ln_audio.bias"].float()
+        )
+    assert (tokens - reference["audio_embeds"]).abs().max().item() < 1e-5
+
+    # CLI: a ClapAudioModel folder that from_pretrained_parts takes as the audio encoder.
+    assert main([str(tmp_path / "clap.pt"), str(tmp_path / "clap-audio"), "--variant", "tiny"]) == 0
+    assert main([str(tmp_path / "clap.pt"), str(tmp_path / "wrong"), "--variant", "base"]) == 2
+    assert not (tmp_path / "wrong").exists()
+    model = BlapForRepresentationLearning.from_pretrained_parts(
+        tmp_path / "clap-audio", fixture_dir / "bert-base-uncased", num_query_tokens=4
+    )
+    for name, tensor in audio.state_dict().items():
+        torch.testing.assert_close(model.audio_encoder.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+    with pytest.raises(ConversionError, match="'base'"):
+        convert_laion_clap_checkpoint(tmp_path / "clap.pt", variant="base")
+    torch.save({"state_dict": {"module.text_branch.x": torch.zeros(1)}}, tmp_path / "text_only.pt")
+    with pytest.raises(ConversionError, match="audio_branch"):
+        convert_laion_clap_checkpoint(tmp_path / "text_only.pt")
+    (tmp_path / "not_a_checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ConversionError, match="Cannot read the LAION CLAP checkpoint"):
+        convert_laion_clap_checkpoint(tmp_path / "not_a_checkpoint.pt")
