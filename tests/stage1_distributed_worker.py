@@ -1,9 +1,11 @@
 """One process of the 2-process stage-1 check (run by tests/test_stage1_distributed.py, not collected by pytest).
 
-Usage: python stage1_distributed_worker.py OUT_DIR RANK WORLD_SIZE PORT
+Usage: python stage1_distributed_worker.py OUT_DIR RANK WORLD_SIZE
+(the processes meet through a file in OUT_DIR, so no network port can be taken by someone else)
 """
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -61,9 +63,15 @@ def local_batch(batch: dict[str, torch.Tensor], split: tuple[int, ...], rank: in
     return local
 
 
-def main(out_dir: str, rank: int, world_size: int, port: int) -> None:
+def main(out_dir: str, rank: int, world_size: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{Path(out_dir).resolve() / 'rendezvous'}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(minutes=5),
+    )
     model = DistributedDataParallel(build_model())
     batch = global_batch()
     for case, split in SPLITS.items():
@@ -80,4 +88,4 @@ def main(out_dir: str, rank: int, world_size: int, port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -1,9 +1,9 @@
 """Stage-1 losses across processes: 2 CPU processes (gloo, DDP) equal one process holding the whole batch."""
 
 import os
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,31 +14,34 @@ TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory) -> dict[str, dict]:
     out_dir = tmp_path_factory.mktemp("stage1_ddp")
-    port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]), OMP_NUM_THREADS="1")
     worker = str(TESTS / "stage1_distributed_worker.py")
+    logs = [out_dir / f"rank{rank}.log" for rank in range(2)]
     processes = [
         subprocess.Popen(
-            [sys.executable, worker, str(out_dir), str(rank), "2", str(port)],
+            [sys.executable, worker, str(out_dir), str(rank), "2"],
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=logs[rank].open("w"),
             stderr=subprocess.STDOUT,
-            text=True,
         )
         for rank in range(2)
     ]
-    outputs = [process.communicate(timeout=600)[0] for process in processes]
-    for rank, (process, output) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{output}"
+    deadline = time.monotonic() + 600
+    # A failed process leaves the other waiting in a collective: stop both at the first failure or at the deadline.
+    while any(process.poll() is None for process in processes):
+        failed = any(process.poll() not in (None, 0) for process in processes)
+        if failed or time.monotonic() > deadline:
+            for process in processes:
+                process.kill()
+            break
+        time.sleep(0.5)
+    for process in processes:
+        process.wait()
+    for rank, process in enumerate(processes):
+        assert process.returncode == 0, f"rank {rank} exited with {process.returncode}:\n{logs[rank].read_text()}"
     return {case: torch.load(out_dir / f"{case}.pt", weights_only=True) for case in SPLITS}
 
 
