@@ -20,6 +20,7 @@ from .modeling_blap import (
     BlapPreTrainedModel,
     BlapRepresentationLearningOutput,
 )
+from .pipeline_audio_to_text import AudioToTextPipeline
 from .processing_blap import BlapProcessor, BlapStage1Processor, build_qformer_tokenizer
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "track_caption_index",
     "window_bounds",
     "DEFAULT_PROMPT",
+    "AudioToTextPipeline",
     "BlapConfig",
     "BlapFeatureExtractor",
     "BlapForConditionalGeneration",
@@ -53,6 +55,9 @@ from transformers import (  # noqa: E402
     AutoModelForSpeechSeq2Seq,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+from .hub import install_hub_support  # noqa: E402
 
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
@@ -60,3 +65,8 @@ AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)
 # Stage 1 (embeddings, retrieval, zero-shot tagging) is the "blap" AutoModel, as ClapModel is for "clap".
 AutoModel.register(BlapConfig, BlapForRepresentationLearning, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-to-text", pipeline_class=AudioToTextPipeline, pt_model=AutoModelForSpeechSeq2Seq, type="multimodal"
+)
+# save_pretrained / push_to_hub write remote code, the custom pipeline entry and the model card (see hub.py).
+install_hub_support()
