@@ -1,4 +1,4 @@
-"""Training BLAP: data collation, caption augmentation, caption datasets and the stage-2 trainer."""
+"""Training BLAP: data collation, caption augmentation, caption datasets and the stage-1 / stage-2 trainers."""
 
 from .augmentation import (
     STAGE1_FIRST_WORD_DROP_PROBABILITY,
