@@ -10,10 +10,16 @@ import pytest
 import safetensors.torch
 import torch
 from stage2_utils import deterministic_model, sgd_args, trainable_state, write_clip_dataset
-from transformers import EarlyStoppingCallback, T5ForConditionalGeneration
+from transformers import EarlyStoppingCallback, T5ForConditionalGeneration, T5TokenizerFast
 
-from transformers_blap import BlapForConditionalGeneration
+from transformers_blap import (
+    BlapForConditionalGeneration,
+    BlapForRepresentationLearning,
+    BlapProcessor,
+    BlapStage1Processor,
+)
 from transformers_blap.modeling_blap import caption_loss
+from transformers_blap.processing_blap import build_qformer_tokenizer
 from transformers_blap.training import (
     BlapDataCollator,
     BlapStage2Trainer,
@@ -24,7 +30,7 @@ from transformers_blap.training import (
     warn_if_float16,
 )
 
-from tiny import tiny_processor
+from tiny import tiny_feature_extractor, tiny_processor, tiny_stage1_config
 
 STAGE2_PREFIXES = ("audio_layernorm.", "qformer.", "language_projection.")
 
@@ -179,31 +185,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(processor, clip_dataset
 
 
 def test_stage2_starts_from_a_stage1_checkpoint_and_a_flan_t5(tmp_path):
-    source = deterministic_model(seed=1)
+    torch.manual_seed(1)
+    stage1 = BlapForRepresentationLearning(tiny_stage1_config())
+    stage1.save_pretrained(tmp_path / "stage1")
+    # A Flan-T5-style folder: the tiny T5 with a head that differs from its embeddings, saved untied.
+    language_model = copy.deepcopy(deterministic_model(seed=2).language_model)
     with torch.no_grad():
-        source.language_model.lm_head.weight.add_(1.0)  # a head that differs from the embeddings, like Flan-T5's
-    # A stage-1 checkpoint: BLAP config, the shared weights, stage-1 heads, no language model or projection.
-    source.save_pretrained(tmp_path / "stage1")
-    weights = safetensors.torch.load_file(tmp_path / "stage1" / "model.safetensors")
-    stage1 = {key: value for key, value in weights.items() if not key.startswith(("language_", "language_model."))}
-    stage1["itm_head.weight"] = torch.zeros(2, 16)
-    safetensors.torch.save_file(stage1, tmp_path / "stage1" / "model.safetensors", metadata={"format": "pt"})
-    # A Flan-T5-style folder with an untied head.
-    language_model = copy.deepcopy(source.language_model)
+        language_model.lm_head.weight.add_(1.0)
     T5ForConditionalGeneration.save_pretrained(language_model, tmp_path / "flan-t5")
 
     with pytest.raises(ValueError, match="stage-1 checkpoint.*language_model_name_or_path"):
         load_stage2_model(tmp_path / "stage1")
     model = load_stage2_model(tmp_path / "stage1", language_model_name_or_path=tmp_path / "flan-t5")
-    state = model.state_dict()
-    for key, value in stage1.items():
-        if key != "itm_head.weight":
-            torch.testing.assert_close(state[key], value, msg=key)
-    for key, value in source.language_model.state_dict().items():
+    state, stage1_state = model.state_dict(), stage1.state_dict()
+    shared = [key for key in state if key.startswith(("audio_encoder.", "audio_layernorm.", "qformer.", "query_"))]
+    assert any(".crossattention." in key for key in shared) and "query_tokens" in shared
+    for key in shared:
+        torch.testing.assert_close(state[key], stage1_state[key], msg=key)
+    for key, value in language_model.state_dict().items():
         torch.testing.assert_close(state[f"language_model.{key}"], value, msg=key)
     assert model.language_model.lm_head.weight is not model.language_model.shared.weight
     assert not torch.equal(model.language_model.lm_head.weight, model.language_model.shared.weight)
     assert model.config.text_config.dense_act_fn == "gelu"
+    assert configure_stage2_trainable(model)  # trains from here
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -565,3 +569,34 @@ def test_memory_estimate_counts_parameters_and_saved_activations():
     assert tracker.peak == 2 * 2**20 and tracker.live == 2 * 2**20
     del second, third
     assert tracker.live == 0
+
+
+@pytest.mark.slow
+def test_stage2_from_a_stage1_checkpoint_from_the_command_line(tmp_path, t5_tokenizer_dir, fixture_dir):
+    torch.manual_seed(0)
+    stage1 = BlapForRepresentationLearning(tiny_stage1_config())
+    stage1.save_pretrained(tmp_path / "stage1")
+    qformer_tokenizer = build_qformer_tokenizer(fixture_dir / "bert-base-uncased")
+    BlapStage1Processor(tiny_feature_extractor(), qformer_tokenizer).save_pretrained(tmp_path / "stage1")
+    T5ForConditionalGeneration.save_pretrained(deterministic_model().language_model, tmp_path / "flan-t5")
+    T5TokenizerFast.from_pretrained(t5_tokenizer_dir).save_pretrained(tmp_path / "flan-t5")
+    write_clip_dataset(tmp_path / "clips", num_clips=2)
+    train = tmp_path / "train.csv"
+    train.write_text("audio,caption\nclips/clip0.wav,calm piano\nclips/clip1.wav,loud drums\n")
+    output = tmp_path / "out"
+    _train_stage2_script().main(
+        [
+            "--model_name_or_path", str(tmp_path / "stage1"),
+            "--language_model_name_or_path", str(tmp_path / "flan-t5"),
+            "--train_file", str(train), "--output_dir", str(output),
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu", "--report_to", "none",
+        ]
+    )  # fmt: skip
+    model = BlapForConditionalGeneration.from_pretrained(output)
+    processor = BlapProcessor.from_pretrained(output)
+    assert processor.tokenizer.vocab_size == T5TokenizerFast.from_pretrained(t5_tokenizer_dir).vocab_size
+    torch.testing.assert_close(
+        model.audio_encoder.state_dict()["audio_encoder.batch_norm.running_mean"],
+        stage1.audio_encoder.state_dict()["audio_encoder.batch_norm.running_mean"],
+    )
+    assert not torch.equal(model.query_tokens, stage1.query_tokens)  # trained one step from the stage-1 queries
