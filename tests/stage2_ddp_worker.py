@@ -16,10 +16,9 @@ import safetensors.torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stage2_utils import deterministic_model, sgd_args, trainable_state, write_clip_dataset  # noqa: E402
-
 from transformers_blap.training import BlapStage2Trainer  # noqa: E402
 
+from stage2_utils import deterministic_model, sgd_args, trainable_state, write_clip_dataset  # noqa: E402
 from tiny import tiny_processor  # noqa: E402
 
 

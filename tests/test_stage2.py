@@ -9,7 +9,6 @@ import huggingface_hub
 import pytest
 import safetensors.torch
 import torch
-from stage2_utils import deterministic_model, sgd_args, trainable_state, write_clip_dataset
 from transformers import EarlyStoppingCallback, T5ForConditionalGeneration, T5TokenizerFast
 
 from transformers_blap import (
@@ -30,6 +29,7 @@ from transformers_blap.training import (
     warn_if_float16,
 )
 
+from stage2_utils import deterministic_model, sgd_args, trainable_state, write_clip_dataset
 from tiny import tiny_feature_extractor, tiny_processor, tiny_stage1_config
 
 STAGE2_PREFIXES = ("audio_layernorm.", "qformer.", "language_projection.")

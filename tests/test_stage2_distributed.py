@@ -17,10 +17,11 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils.deepspeed import HfDeepSpeedConfig
-from stage2_utils import deterministic_model, sgd_args
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
 from transformers_blap import BlapForConditionalGeneration
+
+from stage2_utils import deterministic_model, sgd_args
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "stage2_ddp_worker.py"

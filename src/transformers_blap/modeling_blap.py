@@ -21,6 +21,8 @@ from transformers import (
     ClapAudioModel,
     ClapConfig,
     ClapModel,
+    DynamicCache,
+    EncoderDecoderCache,
     GenerationConfig,
     T5Config,
     T5ForConditionalGeneration,
@@ -134,6 +136,18 @@ def untie_lm_head(language_model: T5ForConditionalGeneration) -> None:
     language_model.all_tied_weights_keys.pop("lm_head.weight", None)
     if language_model.lm_head.weight is language_model.shared.weight:
         language_model.lm_head.weight = nn.Parameter(language_model.shared.weight.detach().clone())
+
+
+class BlapBeamSearchCache(EncoderDecoderCache):
+    """
+    The T5 decoder's cache in BLAP's beam search. The cross-attention keys and values are computed once per clip and
+    repeated for its beams ([`BlapForConditionalGeneration.generate`] fills them in before decoding), so they are the
+    same for every beam of a clip; beam search only ever reorders beams within a clip, so reordering leaves them as
+    they are and only the self-attention cache is reordered.
+    """
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
 
 
 class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
@@ -434,12 +448,58 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         model_kwargs = generation_config.update(**generate_kwargs)  # what is not a generation option: streamer, ...
+        # A model split over devices or offloaded by accelerate moves weights and inputs at the T5 block boundary,
+        # so its cross-attention projections cannot be called on their own.
+        dispatched = len(set(getattr(self, "hf_device_map", {}).values())) > 1
+        if (
+            generation_config.num_beams > 1
+            and generation_config.use_cache is not False
+            and generation_config.cache_implementation is None
+            and model_kwargs.get("past_key_values") is None
+            and not dispatched
+        ):
+            # Beam search: run the T5 encoder once per clip and project its output into every decoder layer's
+            # cross-attention keys/values once per clip too; `generate` then only repeats them for the beams.
+            encoder_outputs = self.language_model.get_encoder()(
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_mask,
+                output_attentions=generation_config.output_attentions,
+                output_hidden_states=generation_config.output_hidden_states,
+                return_dict=True,
+            )
+            model_kwargs["encoder_outputs"] = encoder_outputs
+            model_kwargs["past_key_values"] = self._beam_search_cache(
+                encoder_outputs.last_hidden_state, generation_config.num_beams
+            )
+        else:
+            model_kwargs["inputs_embeds"] = inputs_embeds
         return self.language_model.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=encoder_mask,
-            generation_config=generation_config,
-            **model_kwargs,
+            attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
         )
+
+    def _beam_search_cache(self, encoder_hidden_states: torch.Tensor, num_beams: int) -> BlapBeamSearchCache:
+        """
+        A decoder cache whose cross-attention part is already filled: each decoder layer's keys and values are
+        projected from the `batch_size` encoder outputs and repeated for the beams, instead of being projected from
+        `batch_size * num_beams` identical copies at the first decoding step.
+
+        Args:
+            encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, encoder_length, d_model)`): the T5
+                encoder's output, one row per clip.
+            num_beams (`int`): beams per clip.
+
+        Returns:
+            [`BlapBeamSearchCache`]: cross-attention keys and values of shape
+            `(batch_size * num_beams, num_heads, encoder_length, d_kv)` per layer, an empty self-attention cache.
+        """
+        cross_attention = []
+        for block in self.language_model.decoder.block:
+            attention = block.layer[1].EncDecAttention
+            shape = (*encoder_hidden_states.shape[:-1], -1, attention.key_value_proj_dim)
+            keys = attention.k(encoder_hidden_states).view(shape).transpose(1, 2)
+            values = attention.v(encoder_hidden_states).view(shape).transpose(1, 2)
+            cross_attention.append((keys.repeat_interleave(num_beams, 0), values.repeat_interleave(num_beams, 0)))
+        return BlapBeamSearchCache(DynamicCache(config=self.language_model.config), DynamicCache(cross_attention))
 
     # ---------------------------------------------------------------- training
 
@@ -1159,6 +1219,7 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
 
 
 __all__ = [
+    "BlapBeamSearchCache",
     "BlapForConditionalGeneration",
     "BlapForConditionalGenerationModelOutput",
     "BlapForRepresentationLearning",
