@@ -44,9 +44,9 @@ class BlapProcessor(ProcessorMixin):
 
         Args:
             audio: one mono waveform `(num_samples,)`, a batch `(batch_size, num_samples)` or a list of waveforms,
-                at `sampling_rate` (must be the feature extractor's rate, 48 kHz; `transformers_blap.audio.load_audio`
-                decodes and resamples files).
-            sampling_rate (`int`, *optional*): the rate of `audio`; a mismatch is an error.
+                at `sampling_rate` (`transformers_blap.audio.load_audio` decodes, downmixes and resamples files).
+            sampling_rate (`int`, *optional*): the rate of `audio`; audio at another rate than the feature
+                extractor's (48 kHz) is resampled. Pass it: without it the feature extractor's rate is assumed.
             text (`str` or `list[str]`, *optional*): the prompt; one for all clips or one per clip.
             captions (`str` or `list[str]`, *optional*): target captions, one per clip.
             return_tensors (`str`, *optional*, defaults to `"pt"`).
