@@ -433,6 +433,23 @@ def write_audiofolder(
     return output_dir
 
 
+def write_example(path: str | Path, index: int, seed: int = 0, duration_s: float = CLIP_SECONDS) -> dict:
+    """
+    Write clip `index` of the corpus with seed `seed` as a 16-bit FLAC at `path`, and its metadata row (labels,
+    caption, seed and index) as JSON beside it (`path` with the suffix `.json`).
+
+    Returns:
+        `dict`: the metadata row.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = _write_clip((path.parent, index, seed, duration_s, SAMPLING_RATE))
+    (path.parent / row.pop("file_name")).replace(path)
+    row = {"file_name": path.name, "seed": seed, "index": index, **row}
+    path.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    return row
+
+
 def read_metadata(split_dir: str | Path) -> list[dict]:
     """The rows of `split_dir/metadata.jsonl`, each with `path` (the clip's absolute path) added."""
     split_dir = Path(split_dir)
@@ -509,4 +526,5 @@ __all__ = [
     "sample_labels",
     "train_t5_tokenizer",
     "write_audiofolder",
+    "write_example",
 ]
