@@ -337,7 +337,8 @@ def load_waveforms(rows: list[dict]) -> list[np.ndarray]:
 @torch.no_grad()
 def evaluate_retrieval(stage1_dir: Path, rows: list[dict]) -> dict[str, float]:
     """
-    Text-to-audio retrieval among the held-out clips: each clip's caption is a query, the clip is its one right answer.
+    Text-to-audio retrieval among the held-out clips: each clip's first caption is a query, the clip is its one right
+    answer.
 
     Returns:
         `dict`: `recall@1` and `recall@5` with their chance levels (`1/N`, `5/N`), and `label_recall@1`: how often the
@@ -351,7 +352,7 @@ def evaluate_retrieval(stage1_dir: Path, rows: list[dict]) -> dict[str, float]:
             for chunk in _chunks(load_waveforms(rows), 32)
         ]
     )
-    text = processor(text=[row["caption"] for row in rows])
+    text = processor(text=[row["caption"][0] for row in rows])
     text_embeds = model.get_text_embeddings(text["input_ids"], text["attention_mask"])
     similarity = model.similarity(audio_embeds, text_embeds)  # (audio, text)
     ranking = similarity.T.argsort(dim=1, descending=True)  # per query text: clips, best first
@@ -492,7 +493,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     train_dir, test_dir = out / "corpus" / "train", out / "corpus" / "test"
     train_rows, test_rows = read_metadata(train_dir), read_metadata(test_dir)
-    parts = timer("parts", build_parts, out / "parts", [row["caption"] for row in train_rows], variant, args.seed)
+    train_captions = [caption for row in train_rows for caption in row["caption"]]
+    parts = timer("parts", build_parts, out / "parts", train_captions, variant, args.seed)
     timer("stage 1", train_stage1, out / "stage1", train_dir, parts, variant, args.seed)
     timer("stage 2", train_stage2, out / "stage2", out / "stage1", train_dir, parts, variant, args.seed)
     retrieval = timer("retrieval eval", evaluate_retrieval, out / "stage1", test_rows)
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_clips": len(test_rows),
         "retrieval": retrieval,
         "captions": caption_accuracy(captions, test_rows),
-        "examples": [{"caption": c, "reference": r["caption"]} for c, r in zip(captions[:5], test_rows[:5])],
+        "examples": [{"caption": c, "reference": r["caption"][0]} for c, r in zip(captions[:5], test_rows[:5])],
         "seconds": timer.seconds,
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

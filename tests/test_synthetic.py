@@ -29,7 +29,8 @@ from transformers_blap.synthetic import (
 
 def test_clips_are_deterministic_per_seed_and_index():
     first, again = make_clip(7, seed=3), make_clip(7, seed=3)
-    assert first.labels == again.labels and first.caption == again.caption
+    assert first.labels == again.labels and first.captions == again.captions
+    assert len(set(first.captions)) == len(first.captions) == 3
     np.testing.assert_array_equal(first.audio, again.audio)
     other_seed = make_clip(7, seed=4)
     assert not np.array_equal(first.audio, other_seed.audio)
@@ -126,7 +127,7 @@ def test_write_audiofolder(tmp_path):
     assert [row["file_name"] for row in test] == ["clip_00004.flac", "clip_00005.flac"]
     for row, index in zip(train + test, range(6)):
         clip = make_clip(index, seed=5, duration_s=1.0)
-        assert row["caption"] == clip.caption and row["instrument"] == clip.labels.instrument
+        assert row["caption"] == clip.captions and row["instrument"] == clip.labels.instrument
         audio, rate = sf.read(row["path"], dtype="float32")
         assert rate == SAMPLING_RATE
         np.testing.assert_allclose(audio, clip.audio, atol=1 / 2**15)  # 16-bit FLAC
@@ -142,7 +143,7 @@ def test_write_audiofolder(tmp_path):
 
 
 def test_caption_tokenizer(tmp_path):
-    captions = [make_clip(i, seed=0, duration_s=0.25).caption for i in range(120)]
+    captions = [caption for i in range(40) for caption in make_clip(i, seed=0, duration_s=0.25).captions]
     prompt = "Generate an objective music description."
     tokenizer = train_t5_tokenizer(captions + [prompt], vocab_size=128)
     assert 60 < len(tokenizer) <= 128

@@ -23,6 +23,7 @@ import numpy as np
 
 SAMPLING_RATE = 16_000
 CLIP_SECONDS = 4.0
+CAPTIONS_PER_CLIP = 3
 
 INSTRUMENTS = ("piano", "organ", "flute", "violin", "guitar")
 TEMPO_RANGES = {"slow": (56.0, 68.0), "medium": (92.0, 108.0), "fast": (150.0, 176.0)}
@@ -122,10 +123,10 @@ def caption_variants(labels: ClipLabels) -> list[str]:
     return captions
 
 
-def make_caption(labels: ClipLabels, rng: np.random.Generator) -> str:
-    """One phrasing of the caption of `labels`, chosen by `rng`."""
+def make_captions(labels: ClipLabels, rng: np.random.Generator, count: int = CAPTIONS_PER_CLIP) -> list[str]:
+    """`count` different phrasings of the caption of `labels`, chosen by `rng`."""
     variants = caption_variants(labels)
-    return variants[int(rng.integers(len(variants)))]
+    return [variants[int(i)] for i in rng.choice(len(variants), size=count, replace=False)]
 
 
 def _fill(template: str, labels: ClipLabels, tempo_word: str, adjective: str, adverb: str) -> str:
@@ -357,23 +358,23 @@ def render_clip(
 
 @dataclass(frozen=True)
 class SyntheticClip:
-    """A rendered clip with its labels and caption."""
+    """A rendered clip with its labels and its captions (several phrasings of one description)."""
 
     index: int
     labels: ClipLabels
-    caption: str
+    captions: list[str]
     audio: np.ndarray
 
 
 def make_clip(
     index: int, seed: int = 0, duration_s: float = CLIP_SECONDS, sampling_rate: int = SAMPLING_RATE
 ) -> SyntheticClip:
-    """Clip `index` of the corpus with seed `seed`: labels, caption and audio, all from `clip_rng(seed, index)`."""
+    """Clip `index` of the corpus with seed `seed`: labels, captions and audio, all from `clip_rng(seed, index)`."""
     rng = clip_rng(seed, index)
     labels = sample_labels(index, rng)
-    caption = make_caption(labels, rng)
+    captions = make_captions(labels, rng)
     audio = render_clip(labels, rng, duration_s=duration_s, sampling_rate=sampling_rate)
-    return SyntheticClip(index=index, labels=labels, caption=caption, audio=audio)
+    return SyntheticClip(index=index, labels=labels, captions=captions, audio=audio)
 
 
 def _write_clip(job: tuple[Path, int, int, float, int]) -> dict:
@@ -384,7 +385,7 @@ def _write_clip(job: tuple[Path, int, int, float, int]) -> dict:
     clip = make_clip(index, seed=seed, duration_s=duration_s, sampling_rate=sampling_rate)
     file_name = f"clip_{index:05d}.flac"
     sf.write(split_dir / file_name, clip.audio, sampling_rate, subtype="PCM_16")
-    return {"file_name": file_name, "caption": clip.caption, **asdict(clip.labels)}
+    return {"file_name": file_name, "caption": clip.captions, **asdict(clip.labels)}
 
 
 def write_audiofolder(
@@ -397,7 +398,8 @@ def write_audiofolder(
 ) -> Path:
     """
     Render a corpus as an audiofolder: `output_dir/<split>/<file>.flac` (16-bit FLAC) and
-    `output_dir/<split>/metadata.jsonl` with `file_name`, `caption` and one column per label.
+    `output_dir/<split>/metadata.jsonl` with `file_name`, `caption` (a list of `CAPTIONS_PER_CLIP` phrasings, as
+    BLAP's training data had three captions per track) and one column per label.
 
     Splits take consecutive clip indices in the order given (`{"train": 300, "test": 60}`: train is clips 0-299,
     test 300-359), so no clip appears in two splits and a split's clips do not depend on the sizes of later splits.
@@ -436,7 +438,7 @@ def write_audiofolder(
 def write_example(path: str | Path, index: int, seed: int = 0, duration_s: float = CLIP_SECONDS) -> dict:
     """
     Write clip `index` of the corpus with seed `seed` as a 16-bit FLAC at `path`, and its metadata row (labels,
-    caption, seed and index) as JSON beside it (`path` with the suffix `.json`).
+    captions, seed and index) as JSON beside it (`path` with the suffix `.json`).
 
     Returns:
         `dict`: the metadata row.
@@ -516,7 +518,7 @@ __all__ = [
     "ClipLabels",
     "SyntheticClip",
     "caption_variants",
-    "make_caption",
+    "make_captions",
     "make_clip",
     "parse_caption",
     "read_metadata",
