@@ -31,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the original-format layout shared with the tests
 
 import torch  # noqa: E402
+from transformers import BertConfig, T5Config  # noqa: E402
+
 from original_format import (  # noqa: E402
     RELEASE_DIMS,
     OriginalDims,
@@ -38,7 +40,6 @@ from original_format import (  # noqa: E402
     lightning_checkpoint,
     original_tensor_specs,
 )
-from transformers import BertConfig, T5Config  # noqa: E402
 
 # Flan-T5 sizes: (d_model, d_kv, heads, d_ff, layers).
 TEXT_DIMS = {

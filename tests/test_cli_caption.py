@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from blap_testing import RATE, save_tiny_blap, tone, write_audio
 from transformers import pipeline
 
 from transformers_blap import AudioToTextPipeline
 from transformers_blap.captioning import expand_inputs, read_records
 from transformers_blap.cli import main
+
+from blap_testing import RATE, save_tiny_blap, tone, write_audio
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

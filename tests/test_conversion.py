@@ -16,19 +16,6 @@ import huggingface_hub.constants
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO_ROOT
-from original_format import (
-    FIXTURE_DIMS,
-    HTSAT,
-    OriginalDims,
-    ids_until_eos,
-    lightning_checkpoint,
-    original_tensor_specs,
-    random_original_state_dict,
-    reference_forward,
-    reference_generate,
-    reference_modules,
-)
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, T5Config
@@ -42,6 +29,20 @@ from transformers_blap.conversion.original import (
     load_original_checkpoint,
     main,
     run,
+)
+
+from conftest import REPO_ROOT
+from original_format import (
+    FIXTURE_DIMS,
+    HTSAT,
+    OriginalDims,
+    ids_until_eos,
+    lightning_checkpoint,
+    original_tensor_specs,
+    random_original_state_dict,
+    reference_forward,
+    reference_generate,
+    reference_modules,
 )
 
 ATOL = 1e-4

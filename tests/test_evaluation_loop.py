@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from metric_stand_ins import STAND_IN_SCORER_KWARGS
 
 from transformers_blap import BlapForConditionalGeneration
 from transformers_blap.evaluation import PAPER_METRICS, MissingMetricResourceError, caption_metrics, load_musiccaps
 from transformers_blap.evaluation.loop import default_predictions_path, read_predictions, run_evaluation
 
+from metric_stand_ins import STAND_IN_SCORER_KWARGS
 from tiny import tiny_config, tiny_processor
 
 DATA = Path(__file__).parent / "data"

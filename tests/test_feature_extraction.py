@@ -222,3 +222,13 @@ def test_any_finite_waveform_gives_finite_features_of_the_expected_shape(feature
     features = feature_extractor(waveform, sampling_rate=rate)["input_features"]
     assert features.shape == (1, 1, 1001, 64)
     assert torch.isfinite(features).all()
+
+
+def test_features_under_inference_mode_equal_plain_features():
+    # The CPU workers run in other threads; they must follow the caller's inference mode.
+    extractor = BlapFeatureExtractor()
+    waveforms = [np.sin(np.linspace(0, 2_000, 48_000 * (i + 1))).astype(np.float32) for i in range(3)]
+    plain = extractor(waveforms, sampling_rate=48_000)["input_features"]
+    with torch.inference_mode():
+        inferred = extractor(waveforms, sampling_rate=48_000)["input_features"]
+    assert torch.equal(plain, inferred)

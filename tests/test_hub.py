@@ -10,7 +10,6 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
-from blap_testing import RATE, save_tiny_blap, tiny_blap, tone
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
@@ -27,6 +26,7 @@ from transformers_blap.hub import (
     render_model_card,
 )
 
+from blap_testing import RATE, save_tiny_blap, tiny_blap, tone
 from tiny import tiny_config
 
 CODE_FILES = {

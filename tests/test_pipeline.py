@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
-from blap_testing import RATE, save_tiny_blap, tone, write_audio
 from transformers import pipeline
 
 from transformers_blap import AudioToTextPipeline, BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.audio import AudioDecodeError, load_audio, select_track_caption, split_windows, window_bounds
+
+from blap_testing import RATE, save_tiny_blap, tone, write_audio
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command
 
@@ -191,6 +192,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_caption_command,
     add_push_command,
     add_convert_original_command,
+    add_convert_laion_clap_command,
     add_evaluate_command,
     add_setup_metrics_command,
 ]

@@ -250,10 +250,14 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
         if device.type == "cpu":  # every step of a waveform in one worker (see `_run_on_cpu_workers`)
             features = torch.empty(len(waveforms), 1, self.num_frames, self.feature_size)
             projection = self.mel_projection
+            # Inference mode is thread-local: the workers must share the caller's, or writing into `features`
+            # (an inference tensor when the caller is in `torch.inference_mode()`) fails.
+            inference_mode = torch.is_inference_mode_enabled()
 
             def compute(index: int) -> None:
-                window, offset_db = self._prepare(waveforms[index], index, sampling_rate, device)
-                features[index, 0] = self._log_mel(window.unsqueeze(0), projection)[0] + offset_db
+                with torch.inference_mode(inference_mode):
+                    window, offset_db = self._prepare(waveforms[index], index, sampling_rate, device)
+                    features[index, 0] = self._log_mel(window.unsqueeze(0), projection)[0] + offset_db
 
             self._run_on_cpu_workers(len(waveforms), compute)
         else:

@@ -30,7 +30,6 @@ import os
 import pickle
 import re
 import shutil
-import string
 import sys
 import tempfile
 import zipfile
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import (
     AutoTokenizer,
@@ -52,6 +51,7 @@ from transformers import (
 
 from ..configuration_blap import BlapConfig
 from ..feature_extraction_blap import BlapFeatureExtractor
+from ..hub import PAPER_RESULTS, push_folder, render_model_card
 from ..modeling_blap import BlapForConditionalGeneration
 from ..processing_blap import BlapProcessor
 from .htsat import convert_htsat_state_dict, htsat_config_from_state_dict
@@ -62,7 +62,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_HUB_REPO = "Tino3141/blap"
 DEFAULT_QFORMER_MODEL = "bert-base-uncased"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-HUB_CARD_TEMPLATE = Path(__file__).resolve().parents[3] / "hub_card" / "model_card.md"
 
 # The release's usage example (ETH-DISCO/blap README): `predict_answers(audio, prompt, max_len=40, min_len=30,
 # num_beams=10)`, i.e. beam search with `max_new_tokens=40`, `min_length=30` and `predict_answers`' default
@@ -724,13 +723,6 @@ def generation_config_from_original(original_config: Mapping[str, Any], config: 
     )
 
 
-def render_model_card(values: Mapping[str, Any], template: Path = HUB_CARD_TEMPLATE) -> str:
-    """Fill the model card template (`string.Template` placeholders `$name`) with `values`."""
-    if not template.is_file():
-        raise ConversionError(f"The model card template {template} is missing.")
-    return string.Template(template.read_text(encoding="utf-8")).substitute(values)
-
-
 # ------------------------------------------------------------------------------------------------------ the command
 
 
@@ -804,7 +796,13 @@ def convert_original_checkpoint(
     processor = BlapProcessor(
         feature_extractor, tokenizer, prompt=blap_config.prompt, max_txt_len=blap_config.max_txt_len
     )
-    card = render_model_card(_card_values(blap_config, model, from_hub or checkpoint.name, text_source, dtype))
+    card = render_model_card(
+        blap_config,
+        repo_id=push_to_hub,
+        # The paper's numbers describe the authors' release only, not any checkpoint in its format.
+        eval_results=PAPER_RESULTS if from_hub == DEFAULT_HUB_REPO else None,
+        description=_card_description(blap_config, model, from_hub or checkpoint.name, text_source, dtype),
+    )
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
@@ -817,7 +815,7 @@ def convert_original_checkpoint(
         model.config.dtype = dtype
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        card.save(staging / "README.md")
         _replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -825,12 +823,8 @@ def convert_original_checkpoint(
     logger.info("Converted %s into %s", checkpoint, output_dir)
 
     if push_to_hub is not None:
-        api = HfApi()
         try:
-            api.create_repo(push_to_hub, exist_ok=True)
-            api.upload_folder(
-                folder_path=output_dir, repo_id=push_to_hub, commit_message="Convert the original BLAP release"
-            )
+            push_folder(output_dir, push_to_hub, commit_message="Convert the original BLAP release")
         except (OSError, ValueError, HfHubHTTPError) as error:
             raise ConversionError(
                 f"The conversion is complete in {output_dir}, but uploading it to {push_to_hub!r} failed: {error}"
@@ -852,40 +846,23 @@ def _replace_folder(source: Path, target: Path) -> None:
         previous.unlink()
 
 
-def _card_values(
+def _card_description(
     config: BlapConfig, model: BlapForConditionalGeneration, source: Any, text_source: str, dtype: str
-) -> dict[str, Any]:
-    """The placeholders of the model card template."""
+) -> str:
+    """The model card's paragraph on these weights: where they come from and what they are."""
     generation = model.generation_config
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
-    return {
-        "source": source,
-        "text_model": text_source,
-        "dtype": dtype,
-        "num_parameters": f"{num_parameters / 1e9:.2f} B"
-        if num_parameters >= 1e9
-        else f"{num_parameters / 1e6:.1f} M",
-        "audio_encoder": (
-            f"HTS-AT (`ClapAudioModel`), patch width {config.audio_config.patch_embeds_hidden_size}, depths"
-            f" {list(config.audio_config.depths)}, {config.audio_config.hidden_size} channels"
-        ),
-        "qformer": (
-            f"{config.qformer_config.num_hidden_layers} layers, hidden {config.qformer_config.hidden_size},"
-            f" {config.qformer_config.num_attention_heads} heads, cross-attention every"
-            f" {config.qformer_config.cross_attention_frequency} layers, {config.num_query_tokens} query tokens"
-        ),
-        "language_model": (
-            f"T5, d_model {config.text_config.d_model}, {config.text_config.num_layers}+"
-            f"{config.text_config.num_decoder_layers} layers, exact GELU, untied head"
-            if not config.text_config.scale_decoder_outputs
-            else f"T5, d_model {config.text_config.d_model}, exact GELU, tied head"
-        ),
-        "prompt": config.prompt,
-        "generation": ", ".join(
-            f"{name}={getattr(generation, name)}"
-            for name in ("num_beams", "max_new_tokens", "min_length", "length_penalty", "repetition_penalty")
-        ),
-    }
+    size = f"{num_parameters / 1e9:.2f} B" if num_parameters >= 1e9 else f"{num_parameters / 1e6:.1f} M"
+    settings = ", ".join(
+        f"{name}={getattr(generation, name)}"
+        for name in ("num_beams", "max_new_tokens", "min_length", "length_penalty", "repetition_penalty")
+    )
+    return (
+        f"Converted by `blap convert-original` from the authors' checkpoint `{source}` (language model config and"
+        f" tokenizer from `{text_source}`), {size} parameters stored as {dtype}. The conversion is tested to be"
+        " numerically equivalent to the original implementation. Generation defaults reproduce the release's usage"
+        f" example: {settings}."
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

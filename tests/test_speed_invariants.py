@@ -1,0 +1,178 @@
+"""What the speed work must not change: captions, gradients, and what is computed once per clip."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from transformers_blap import BlapForConditionalGeneration
+from transformers_blap.modeling_blap import BlapBeamSearchCache
+
+from tiny import TINY_QFORMER, TINY_TEXT, tiny_config, tiny_processor
+
+NO_DROPOUT = {
+    "qformer_config": {**TINY_QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "text_config": {**TINY_TEXT, "dropout_rate": 0.0},
+}
+
+
+def _model(seed: int = 0, attn_implementation: str | None = None, **overrides) -> BlapForConditionalGeneration:
+    torch.manual_seed(seed)
+    model = BlapForConditionalGeneration(tiny_config(**overrides))
+    if attn_implementation is not None:
+        model.set_attn_implementation({"text_config": attn_implementation, "qformer_config": attn_implementation})
+    return model.eval()
+
+
+def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(0.2 * rng.standard_normal(16_000)).astype(np.float32) for _ in range(n)]
+
+
+def _plain_generate(
+    model: BlapForConditionalGeneration, inputs: dict, generation_config: GenerationConfig | None = None, **kwargs
+) -> torch.LongTensor:
+    """BLAP generation as transformers does it unaided: the T5 gets the inputs embeddings and does the rest."""
+    language_model_inputs = model.language_projection(
+        model.get_qformer_features(input_features=inputs["input_features"]).last_hidden_state
+    )
+    inputs_embeds, attention_mask = model._language_model_inputs(
+        language_model_inputs, inputs["input_ids"], inputs["attention_mask"]
+    )
+    generation_config = copy.deepcopy(generation_config or model.generation_config)
+    model_kwargs = generation_config.update(**kwargs)
+    return model.language_model.generate(
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, generation_config=generation_config, **model_kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def processor(t5_tokenizer_dir):
+    return tiny_processor(t5_tokenizer_dir)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_beams": 10, "max_new_tokens": 12, "min_new_tokens": 12},
+        {"num_beams": 4, "max_new_tokens": 10, "min_length": 2, "repetition_penalty": 1.5, "length_penalty": 0.5},
+        {"num_beams": 3, "num_return_sequences": 3, "max_new_tokens": 6, "min_length": 0, "early_stopping": True},
+    ],
+)
+def test_beam_search_with_cross_attention_computed_once_per_clip_equals_plain_generation(processor, options):
+    model = _model(seed=1)
+    prompts = ["Generate an objective music description.", "Describe it.", "A"]  # padded to different lengths
+    inputs = processor(audio=_clips(3), sampling_rate=16_000, text=prompts)
+    with torch.no_grad():
+        expected = _plain_generate(model, inputs, return_dict_in_generate=True, output_scores=True, **options)
+    actual = model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **options)
+    assert isinstance(actual.past_key_values, BlapBeamSearchCache)
+    assert torch.equal(actual.sequences, expected.sequences)
+    torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores)
+
+
+def test_beam_sampling_equals_plain_generation(processor):
+    model = _model(seed=2)
+    inputs = processor(audio=_clips(2), sampling_rate=16_000)
+    options = {"do_sample": True, "num_beams": 3, "max_new_tokens": 8, "min_length": 0, "top_k": 20}
+    torch.manual_seed(5)
+    with torch.no_grad():
+        expected = _plain_generate(model, inputs, **options)
+    torch.manual_seed(5)
+    assert torch.equal(model.generate(**inputs, **options), expected)
+
+
+def test_t5_encoder_and_cross_attention_projections_run_once_per_clip(processor):
+    model = _model()
+    seen: dict[str, list[int]] = {"encoder": [], "cross_k": [], "self_k": []}
+    decoder_layer = model.language_model.decoder.block[0].layer
+    hooks = [
+        model.language_model.encoder.register_forward_hook(
+            lambda module, args, kwargs, output: seen["encoder"].append(kwargs["inputs_embeds"].shape[0]),
+            with_kwargs=True,
+        ),
+        decoder_layer[1].EncDecAttention.k.register_forward_hook(
+            lambda module, args, output: seen["cross_k"].append(args[0].shape[0])
+        ),
+        decoder_layer[0].SelfAttention.k.register_forward_hook(
+            lambda module, args, output: seen["self_k"].append(args[0].shape[0])
+        ),
+    ]
+    inputs = processor(audio=_clips(3), sampling_rate=16_000)
+    model.generate(**inputs, num_beams=5, max_new_tokens=6, min_new_tokens=6)
+    for hook in hooks:
+        hook.remove()
+    assert seen["encoder"] == [3]  # once, on the 3 clips, not on 3 x 5 beams
+    assert seen["cross_k"] == [3]  # once per clip, never again while decoding
+    assert seen["self_k"] == [15] * 6  # the decoder itself runs on every beam at every step
+
+
+def test_static_cache_and_greedy_still_take_transformers_path(processor):
+    model = _model(seed=3)
+    inputs = processor(audio=_clips(2), sampling_rate=16_000)
+    options = {"num_beams": 4, "max_new_tokens": 6, "min_new_tokens": 6}
+    dynamic = model.generate(**inputs, **options)
+    static = model.generate(**inputs, cache_implementation="static", return_dict_in_generate=True, **options)
+    assert not isinstance(static.past_key_values, BlapBeamSearchCache)
+    assert torch.equal(static.sequences, dynamic)
+    greedy = model.generate(**inputs, num_beams=1, max_new_tokens=6, min_new_tokens=6, return_dict_in_generate=True)
+    assert not isinstance(greedy.past_key_values, BlapBeamSearchCache)
+    with torch.no_grad():
+        assert torch.equal(
+            greedy.sequences, _plain_generate(model, inputs, num_beams=1, max_new_tokens=6, min_new_tokens=6)
+        )
+
+
+def test_optimised_captioning_equals_baseline_in_float32(processor):
+    """The benchmark's claim in miniature: SDPA, batched clips, shared cross-attention == eager, one clip at a time."""
+    clips = _clips(4, seed=7)
+    options = {"num_beams": 10, "max_new_tokens": 10, "min_new_tokens": 10}
+    baseline = _model(seed=4, attn_implementation="eager")
+    with torch.no_grad():
+        expected = [
+            _plain_generate(baseline, processor(audio=[clip], sampling_rate=16_000), **options)[0] for clip in clips
+        ]
+    optimised = _model(seed=4, attn_implementation="sdpa")
+    with torch.inference_mode():
+        actual = optimised.generate(**processor(audio=clips, sampling_rate=16_000), **options)
+    assert optimised.language_model.config._attn_implementation == "sdpa"
+    assert baseline.language_model.config._attn_implementation == "eager"
+    assert torch.equal(actual, torch.stack(expected))
+
+
+def test_gradient_checkpointing_keeps_stage2_gradients_and_saves_fewer_activations(processor):
+    inputs = processor(audio=_clips(2), sampling_rate=16_000, captions=["calm jazz piano", "loud rock guitar"])
+
+    def gradients_and_saved_tensors(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
+        model = _model(seed=5, **NO_DROPOUT)
+        model.set_stage2_trainable()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = model(**inputs).loss
+        loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        return grads, sum(saved)
+
+    plain, plain_saved = gradients_and_saved_tensors(checkpointing=False)
+    checkpointed, checkpointed_saved = gradients_and_saved_tensors(checkpointing=True)
+    assert plain.keys() == checkpointed.keys()
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in checkpointed.values())
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    assert checkpointed_saved < 0.6 * plain_saved
+
+
+def test_generation_config_object_takes_the_same_path(processor):
+    model = _model(seed=6)
+    inputs = processor(audio=_clips(2), sampling_rate=16_000)
+    config = GenerationConfig(
+        num_beams=3, max_new_tokens=5, min_new_tokens=5, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0
+    )
+    with torch.no_grad():
+        expected = _plain_generate(model, inputs, generation_config=config)
+    assert torch.equal(model.generate(**inputs, generation_config=config), expected)
