@@ -135,29 +135,30 @@ class Variant:
     test_clips: int
     lm_steps: int
     stage1_steps: int
+    stage1_learning_rate: float
     stage2_steps: int
-    batch_size: int
-    learning_rate: float
+    stage2_learning_rate: float
+    batch_size: int = 16
 
 
 VARIANTS = {
     "ci": Variant(
-        train_clips=300,
+        train_clips=600,
         test_clips=60,
         lm_steps=300,
-        stage1_steps=500,
-        stage2_steps=500,
-        batch_size=16,
-        learning_rate=1e-3,
+        stage1_steps=1000,
+        stage1_learning_rate=2e-3,
+        stage2_steps=1000,
+        stage2_learning_rate=1e-3,
     ),
     "full": Variant(
-        train_clips=900,
+        train_clips=2400,
         test_clips=150,
         lm_steps=600,
-        stage1_steps=2000,
-        stage2_steps=2000,
-        batch_size=16,
-        learning_rate=1e-3,
+        stage1_steps=5000,
+        stage1_learning_rate=2e-3,
+        stage2_steps=3000,
+        stage2_learning_rate=1e-3,
     ),
 }
 
@@ -261,12 +262,12 @@ def build_parts(parts_dir: Path, captions: list[str], variant: Variant, seed: in
 # -------------------------------------------------------------------------------------------------- training
 
 
-def common_training_args(output_dir: Path, variant: Variant, steps: int, seed: int) -> list[str]:
+def common_training_args(output_dir: Path, batch_size: int, steps: int, learning_rate: float, seed: int) -> list[str]:
     return [
         "--output_dir", str(output_dir),
         "--max_steps", str(steps),
-        "--per_device_train_batch_size", str(variant.batch_size),
-        "--learning_rate", str(variant.learning_rate),
+        "--per_device_train_batch_size", str(batch_size),
+        "--learning_rate", str(learning_rate),
         "--warmup_steps", str(steps // 20),
         "--lr_scheduler_type", "cosine",
         "--weight_decay", "0.01",
@@ -292,7 +293,9 @@ def train_stage1(output_dir: Path, train_dir: Path, parts: dict[str, Path], vari
             "--data", str(train_dir),
             "--model", str(parts["stage1_init"]),
             "--max_txt_len", str(MAX_TXT_LEN),
-            *common_training_args(output_dir, variant, variant.stage1_steps, seed),
+            *common_training_args(
+                output_dir, variant.batch_size, variant.stage1_steps, variant.stage1_learning_rate, seed
+            ),
         ],
     )  # fmt: skip
 
@@ -310,7 +313,9 @@ def train_stage2(
             "--train_file", str(train_dir / "metadata.jsonl"),
             "--audio_column", "file_name",
             "--phrase_dropping", "false",
-            *common_training_args(output_dir, variant, variant.stage2_steps, seed),
+            *common_training_args(
+                output_dir, variant.batch_size, variant.stage2_steps, variant.stage2_learning_rate, seed
+            ),
         ],
     )  # fmt: skip
     # The stage-2 model writes ~15-token captions: generation defaults to match, saved with the model.
