@@ -48,8 +48,8 @@ def test_captions_become_labels_with_ignored_padding(processor):
 
 
 def test_bad_inputs_raise_clear_errors(processor):
-    with pytest.raises(ValueError, match="sampling_rate"):
-        processor(audio=_clips(1), sampling_rate=44_100)
+    with pytest.raises(ValueError, match="`sampling_rate` must be a positive integer"):
+        processor(audio=_clips(1), sampling_rate=0)
     with pytest.raises(ValueError, match="`text` has 3 entries but the audio batch has 2"):
         processor(audio=_clips(2), sampling_rate=16_000, text=["a", "b", "c"])
     with pytest.raises(ValueError, match="`captions` is one string but the batch has 2"):

@@ -67,3 +67,9 @@ def tiny_feature_extractor() -> BlapFeatureExtractor:
 def tiny_processor(tokenizer_dir) -> BlapProcessor:
     """The tiny feature extractor and the fixture's 226-token T5 sentencepiece tokenizer."""
     return BlapProcessor(tiny_feature_extractor(), T5TokenizerFast.from_pretrained(tokenizer_dir))
+
+
+def tiny_stage1_config(**overrides) -> BlapConfig:
+    """`tiny_config` with the Q-Former vocabulary of bert-base-uncased plus `[DEC]` (id 30522), for stage 1."""
+    overrides.setdefault("qformer_config", {**TINY_QFORMER, "vocab_size": 30523})
+    return tiny_config(**overrides)

@@ -1,24 +1,72 @@
 """transformers_blap: BLAP music captioning as a Hugging Face transformers model."""
 
+from .audio import (
+    AudioDecodeError,
+    AudioWindow,
+    audio_duration,
+    iter_windows,
+    load_audio,
+    select_track_caption,
+    split_windows,
+    track_caption_index,
+    window_bounds,
+)
 from .configuration_blap import DEFAULT_PROMPT, BlapConfig
 from .feature_extraction_blap import BlapFeatureExtractor
-from .modeling_blap import BlapForConditionalGeneration, BlapForConditionalGenerationModelOutput, BlapPreTrainedModel
-from .processing_blap import BlapProcessor
+from .modeling_blap import (
+    BlapForConditionalGeneration,
+    BlapForConditionalGenerationModelOutput,
+    BlapForRepresentationLearning,
+    BlapPreTrainedModel,
+    BlapRepresentationLearningOutput,
+)
+from .pipeline_audio_to_text import AudioToTextPipeline
+from .processing_blap import BlapProcessor, BlapStage1Processor, build_qformer_tokenizer
 
 __all__ = [
+    "AudioDecodeError",
+    "AudioWindow",
+    "audio_duration",
+    "iter_windows",
+    "load_audio",
+    "select_track_caption",
+    "split_windows",
+    "track_caption_index",
+    "window_bounds",
     "DEFAULT_PROMPT",
+    "AudioToTextPipeline",
     "BlapConfig",
     "BlapFeatureExtractor",
     "BlapForConditionalGeneration",
     "BlapForConditionalGenerationModelOutput",
+    "BlapForRepresentationLearning",
     "BlapPreTrainedModel",
     "BlapProcessor",
+    "BlapRepresentationLearningOutput",
+    "BlapStage1Processor",
+    "build_qformer_tokenizer",
 ]
 
 # Make "blap" a model type that the Auto* classes resolve once this package is imported.
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoProcessor  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForSpeechSeq2Seq,
+    AutoProcessor,
+)
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+from .hub import install_hub_support  # noqa: E402
 
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
 AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)
+# Stage 1 (embeddings, retrieval, zero-shot tagging) is the "blap" AutoModel, as ClapModel is for "clap".
+AutoModel.register(BlapConfig, BlapForRepresentationLearning, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    "audio-to-text", pipeline_class=AudioToTextPipeline, pt_model=AutoModelForSpeechSeq2Seq, type="multimodal"
+)
+# save_pretrained / push_to_hub write remote code, the custom pipeline entry and the model card (see hub.py).
+install_hub_support()

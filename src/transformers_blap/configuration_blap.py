@@ -18,9 +18,9 @@ HTSAT_TINY = {
     "enable_fusion": False,
 }
 
-# BERT-base Q-Former with cross-attention in every second layer.
+# BERT-base Q-Former with cross-attention in every second layer; bert-base-uncased's 30522 tokens plus `[DEC]`.
 QFORMER_BERT_BASE = {
-    "vocab_size": 30522,
+    "vocab_size": 30523,
     "hidden_size": 768,
     "num_hidden_layers": 12,
     "num_attention_heads": 12,
@@ -70,6 +70,18 @@ class BlapConfig(PreTrainedConfig):
             Maximum caption length in tokens used in training.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the query-token and projection initialisers.
+        qformer_dec_token_id (`int`, *optional*, defaults to 30522):
+            Stage 1: the id of the `[DEC]` token that replaces `[CLS]` when the Q-Former decodes a caption (the token
+            added to bert-base-uncased's vocabulary; see `BlapStage1Processor`).
+        initial_temperature (`float`, *optional*, defaults to 0.07):
+            Stage 1: initial value of the learnable temperature of the audio-text similarities.
+        projection_dropout (`float`, *optional*, defaults to 0.5):
+            Stage 1: dropout inside the 2-layer audio and text projections.
+        label_smoothing (`float`, *optional*, defaults to 0.1):
+            Stage 1: label smoothing of the contrastive and the caption-generation cross-entropies.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            Stage 1: tie the Q-Former's LM-head decoder to its word embeddings (as BERT and BLIP-2 do). It does not
+            concern the language model, whose tying `text_config` decides.
 
     Example:
 
@@ -95,6 +107,11 @@ class BlapConfig(PreTrainedConfig):
     embed_dim: int = 256
     max_txt_len: int = 64
     initializer_range: float = 0.02
+    qformer_dec_token_id: int = 30522
+    initial_temperature: float = 0.07
+    projection_dropout: float = 0.5
+    label_smoothing: float = 0.1
+    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -1,19 +1,34 @@
 """BLAP: HTS-AT audio encoder -> Q-Former -> T5, as a transformers model."""
 
+import contextlib
 import copy
+import os
+import re
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    AutoConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertModel,
+    Blip2QFormerConfig,
     Blip2QFormerModel,
+    ClapAudioConfig,
     ClapAudioModel,
+    ClapConfig,
+    ClapModel,
     DynamicCache,
     EncoderDecoderCache,
     GenerationConfig,
+    T5Config,
     T5ForConditionalGeneration,
 )
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, Seq2SeqLMOutput
 from transformers.modeling_utils import PreTrainedModel
@@ -78,6 +93,36 @@ class BlapPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
 
 
+def caption_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """
+    Token-level cross-entropy of the caption, computed in float32.
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`).
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`): -100 on ignored positions.
+        num_items_in_batch (`torch.Tensor` or `int`, *optional*): the number of caption tokens in the whole optimizer
+            step (all accumulated micro-batches, all processes), as `Trainer` counts it. When given, the loss is the
+            sum over this micro-batch divided by it, so gradient accumulation and data parallelism add up to the mean
+            over the whole step's tokens; otherwise it is the mean over this batch's tokens (T5's own loss).
+
+    Returns:
+        `torch.FloatTensor` of shape `()`.
+    """
+    logits = logits.float()
+    labels = labels.to(logits.device)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
+    )
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
 def untie_lm_head(language_model: T5ForConditionalGeneration) -> None:
     """
     Give a T5 its own `lm_head` (Flan-T5 / T5 v1.1 do not tie it to the embeddings) and make sure transformers never
@@ -126,6 +171,20 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
     """
 
     _can_compile_fullgraph = False
+    # `forward` normalises its loss by the `num_items_in_batch` that `Trainer` passes (see `caption_loss`), so Trainer
+    # must not divide it again by the gradient-accumulation steps.
+    accepts_loss_kwargs = True
+    # A stage-1 checkpoint (`BlapForRepresentationLearning`) initialises this model: its text-side Q-Former weights,
+    # projections, matching head and temperature have no use here and are skipped without a warning.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^text_embeddings\.",
+        r"^lm_head\.",
+        r"^audio_projection\.",
+        r"^text_projection\.",
+        r"^atm_head\.",
+        r"^temperature$",
+        r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\.",
+    ]
 
     def __init__(self, config: BlapConfig):
         super().__init__(config)
@@ -245,7 +304,21 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         if audio_embeds is None:
             audio_embeds = self.get_audio_features(input_features)
         query_tokens = self.query_tokens.expand(audio_embeds.shape[0], -1, -1)
-        return self.qformer(query_embeds=query_tokens, encoder_hidden_states=audio_embeds, return_dict=True)
+        # The Q-Former is kept in float32 (`_keep_in_fp32_modules`); mixed-precision autocast must not run it in half.
+        device_type = audio_embeds.device.type
+        autocast_off = (
+            torch.autocast(device_type=device_type, enabled=False)
+            if query_tokens.dtype == torch.float32
+            and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+            else contextlib.nullcontext()
+        )
+        with autocast_off:
+            return self.qformer(
+                query_embeds=query_tokens,
+                encoder_hidden_states=audio_embeds.to(query_tokens.dtype),
+                return_dict=True,
+            )
 
     def _language_model_inputs(
         self,
@@ -293,7 +366,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 `labels` by T5 when omitted; without both, the decoder start token alone.
             decoder_attention_mask (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*).
             labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*): caption tokens, -100 on
-                padding; gives `loss`.
+                padding; gives `loss` (see [`caption_loss`]).
+            kwargs: `num_items_in_batch` (from `Trainer`) normalises the loss; the rest goes to the language model.
 
         Returns:
             [`BlapForConditionalGenerationModelOutput`].
@@ -315,17 +389,20 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             start = self.config.text_config.decoder_start_token_id
             decoder_input_ids = torch.full((inputs_embeds.shape[0], 1), start, device=inputs_embeds.device)
 
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = self.language_model._shift_right(labels)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=encoder_mask,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
-            labels=labels,
             return_dict=True,
             **kwargs,
         )
+        loss = caption_loss(outputs.logits, labels, num_items_in_batch) if labels is not None else None
         output = BlapForConditionalGenerationModelOutput(
-            loss=outputs.loss,
+            loss=loss,
             logits=outputs.logits,
             audio_embeds=audio_embeds,
             qformer_outputs=qformer_outputs,
@@ -448,9 +525,704 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         return self
 
 
+# ====================================================================================================
+# Stage 1: representation learning (audio-text contrastive, audio-text matching, audio-grounded caption generation)
+# ====================================================================================================
+
+
+@dataclass
+class BlapRepresentationLearningOutput(ModelOutput):
+    r"""
+    Output of [`BlapForRepresentationLearning.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): `loss_atc + loss_atm + loss_lm`, with `return_loss=True`.
+        loss_atc (`torch.FloatTensor` of shape `()`, *optional*): audio-text contrastive loss.
+        loss_atm (`torch.FloatTensor` of shape `()`, *optional*): audio-text matching loss.
+        loss_lm (`torch.FloatTensor` of shape `()`, *optional*): audio-grounded caption-generation loss.
+        logits_per_audio (`torch.FloatTensor` of shape `(num_audio, num_text)`): audio-text similarities divided by
+            the temperature; a softmax over a row ranks the texts for that clip.
+        logits_per_text (`torch.FloatTensor` of shape `(num_text, num_audio)`): the transpose.
+        audio_embeds (`torch.FloatTensor` of shape `(num_audio, num_query_tokens, embed_dim)`): unit-norm audio
+            embeddings, one per query token.
+        text_embeds (`torch.FloatTensor` of shape `(num_text, embed_dim)`): unit-norm text embeddings.
+        lm_logits (`torch.FloatTensor` of shape `(batch_size, text_length, qformer_vocab_size)`, *optional*): the
+            Q-Former's next-token scores when it decodes the captions (with `return_loss=True`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_atc: torch.FloatTensor | None = None
+    loss_atm: torch.FloatTensor | None = None
+    loss_lm: torch.FloatTensor | None = None
+    logits_per_audio: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    lm_logits: torch.FloatTensor | None = None
+
+
+class BlapProjection(nn.Module):
+    """
+    BLAP's projection into the shared audio-text space: `LayerNorm(h + Dropout(Linear(GELU(h))))` with
+    `h = Linear(x)`, both linear maps without bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, dropout: float):
+        super().__init__()
+        self.linear1 = nn.Linear(in_features, out_features, bias=False)
+        self.linear2 = nn.Linear(out_features, out_features, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(out_features)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., in_features)` -> `(..., out_features)`."""
+        projected = self.linear1(hidden_states)
+        return self.layer_norm(projected + self.dropout(self.linear2(F.gelu(projected))))
+
+
+class BlapQFormerTextEmbeddings(nn.Module):
+    """
+    Word and position embeddings of the Q-Former's text positions (positions count from 0 at the first text token;
+    query tokens have none). The embedding LayerNorm is `Blip2QFormerModel.layernorm`, which normalises queries and
+    text alike.
+    """
+
+    def __init__(self, config: Blip2QFormerConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """`(batch_size, text_length)` token ids -> `(batch_size, text_length, hidden_size)`."""
+        length = input_ids.shape[1]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"`input_ids` has {length} tokens but the Q-Former has {self.position_embeddings.num_embeddings}"
+                " positions: truncate the text (the processor's `max_txt_len`)."
+            )
+        positions = torch.arange(length, device=input_ids.device)
+        return self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+
+
+class BlapQFormerLMHead(nn.Module):
+    """BERT's masked-LM head on the Q-Former: dense -> activation -> LayerNorm -> decoder to the vocabulary."""
+
+    def __init__(self, config: Blip2QFormerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, text_length, hidden_size)` -> `(batch_size, text_length, vocab_size)`."""
+        return self.decoder(self.layer_norm(self.transform_act_fn(self.dense(hidden_states))))
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """
+    All-gather along dim 0 (local batch sizes may differ between processes) whose backward pass sums the gradients
+    of every process's copy and returns this process's slice: each process's loss then back-propagates into every
+    process's local features, as one process computing on the whole batch would.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        return _all_gather(tensor, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.start : ctx.stop], None, None
+
+
+def _all_gather(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every process's `tensor` (first dimensions `sizes`, other dimensions equal) along dim 0."""
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+
+
+def _distributed_layout(batch_size: int, device: torch.device) -> tuple[int, list[int]]:
+    """This process's rank and every process's local batch size (`(0, [batch_size])` outside torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0, [batch_size]
+    local = torch.tensor([batch_size], device=device)
+    sizes = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, local)
+    return dist.get_rank(), [int(size) for size in sizes]
+
+
+def _all_reduce_sum(value: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Sum of a (non-differentiable) tensor over all processes."""
+    if world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+class BlapForRepresentationLearning(BlapPreTrainedModel):
+    r"""
+    BLAP stage 1: learns audio-text representations in the Q-Former with three losses (DESIGN.md, BLIP-2):
+
+    - audio-text contrastive (ATC): unit-norm `audio_projection` of every query output against the unit-norm
+      `text_projection` of the text's `[CLS]` output; the similarity of a pair is the maximum over queries, divided by
+      a learnable temperature; label-smoothed cross-entropy in both directions over the whole (all-process) batch.
+      Audio and text go through the Q-Former separately.
+    - audio-text matching (ATM): queries and text attend to each other (queries also to the audio); a linear head on
+      the mean of the query outputs tells matching from non-matching pairs, with one hard negative text per clip and
+      one hard negative clip per text drawn from the softmaxed similarities of the whole batch.
+    - audio-grounded caption generation (LM): the Q-Former decodes the caption with `[DEC]` in place of `[CLS]`; text
+      attends to all queries and to earlier text, queries never see text.
+
+    Shares `audio_encoder`, `audio_layernorm`, `query_tokens` and `qformer` with [`BlapForConditionalGeneration`] (same
+    parameter names), so `BlapForConditionalGeneration.from_pretrained(stage1_checkpoint)` starts stage 2 from these
+    weights; the stage-1-only weights listed below are skipped there without warnings, and the language model and
+    its projection are newly initialised. It adds `text_embeddings` (word + position embeddings), `lm_head` (tied to
+    the word embeddings when `config.tie_word_embeddings`), `audio_projection`, `text_projection`, `atm_head`,
+    `temperature`, and the Q-Former's text feed-forward layers (`intermediate` / `output`, built whatever
+    `qformer_config.use_qformer_text_input` says). It holds no language model: a stage-1 checkpoint never contains
+    the T5, whose configuration (`config.text_config`) only travels along for stage 2.
+
+    Beyond training: [`~BlapForRepresentationLearning.get_audio_embeddings`],
+    [`~BlapForRepresentationLearning.get_text_embeddings`], [`~BlapForRepresentationLearning.similarity`] for
+    text-to-music retrieval, and `forward` without `return_loss` for zero-shot tagging (the
+    `zero-shot-audio-classification` pipeline).
+
+    Example:
+
+    ```python
+    >>> from transformers_blap import BlapForRepresentationLearning, BlapStage1Processor
+    >>> processor = BlapStage1Processor.from_pretrained("path/to/stage1")
+    >>> model = BlapForRepresentationLearning.from_pretrained("path/to/stage1")
+    >>> audio = model.get_audio_embeddings(**processor(audio=clips, sampling_rate=48_000))
+    >>> text = model.get_text_embeddings(**processor(text=["calm solo piano", "distorted guitars"]))
+    >>> ranking = model.similarity(audio, text).argsort(dim=0, descending=True)  # best clips per text
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "text_embeddings.word_embeddings.weight"}
+    # `forward` takes no loss kwargs: Trainer divides each micro-batch's loss by the gradient-accumulation steps.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BlapConfig):
+        super().__init__(config)
+        qformer_config = config.qformer_config
+        if not 0 <= config.qformer_dec_token_id < qformer_config.vocab_size:
+            raise ValueError(
+                f"`qformer_dec_token_id` ({config.qformer_dec_token_id}) must be a token of the Q-Former's vocabulary"
+                f" of {qformer_config.vocab_size} (`qformer_config.vocab_size`)."
+            )
+        hidden_size = qformer_config.hidden_size
+        self.audio_encoder = ClapAudioModel._from_config(config.audio_config)
+        self.audio_layernorm = nn.LayerNorm(config.audio_config.hidden_size)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, hidden_size))
+        # Stage 1 needs the Q-Former's text feed-forward layers. The flag is set only while they are built, so the
+        # saved configuration keeps its stage-2 value and a stage-1 checkpoint initialises
+        # BlapForConditionalGeneration without them.
+        use_text_input = qformer_config.use_qformer_text_input
+        qformer_config.use_qformer_text_input = True
+        try:
+            self.qformer = Blip2QFormerModel._from_config(qformer_config)
+        finally:
+            qformer_config.use_qformer_text_input = use_text_input
+        self.text_embeddings = BlapQFormerTextEmbeddings(qformer_config)
+        self.lm_head = BlapQFormerLMHead(qformer_config)
+        self.audio_projection = BlapProjection(hidden_size, config.embed_dim, config.projection_dropout)
+        self.text_projection = BlapProjection(hidden_size, config.embed_dim, config.projection_dropout)
+        self.atm_head = nn.Linear(hidden_size, 2)
+        self.temperature = nn.Parameter(torch.tensor(config.initial_temperature))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, BlapForRepresentationLearning):
+            init.constant_(module.temperature, self.config.initial_temperature)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head.decoder = new_embeddings
+
+    # The audio path is stage 2's, by construction: same parameters, same code.
+    _check_input_features = BlapForConditionalGeneration._check_input_features
+    get_audio_features = BlapForConditionalGeneration.get_audio_features
+    get_qformer_features = BlapForConditionalGeneration.get_qformer_features
+
+    def set_stage1_trainable(self, train_audio_encoder: bool = True) -> list[str]:
+        """
+        Make every parameter trainable, except the audio encoder's when `train_audio_encoder=False`; a frozen audio
+        encoder is also held in eval mode, so its BatchNorm statistics never move. The paper fine-tunes the audio
+        encoder in stage 1 (the released code freezes it).
+
+        Returns:
+            `list[str]`: the names of the trainable parameters.
+        """
+        for name, param in self.named_parameters():
+            param.requires_grad = train_audio_encoder or not name.startswith("audio_encoder.")
+        self._frozen_eval_modules = () if train_audio_encoder else ("audio_encoder",)
+        self.train(self.training)
+        return [name for name, param in self.named_parameters() if param.requires_grad]
+
+    def train(self, mode: bool = True) -> "BlapForRepresentationLearning":
+        super().train(mode)
+        for name in getattr(self, "_frozen_eval_modules", ()):
+            getattr(self, name).eval()
+        return self
+
+    # ------------------------------------------------------------------ building from pretrained parts
+
+    @classmethod
+    def from_pretrained_parts(
+        cls,
+        audio_encoder: str | os.PathLike | ClapModel | ClapAudioModel,
+        qformer: str | os.PathLike | BertModel | BertForMaskedLM | BertForPreTraining = "bert-base-uncased",
+        language_model: str | os.PathLike | T5Config | None = None,
+        **config_kwargs,
+    ) -> "BlapForRepresentationLearning":
+        r"""
+        A stage-1 model built from pretrained parts, as BLAP was.
+
+        - Audio encoder: a CLAP audio tower in transformers format, e.g. `"laion/clap-htsat-unfused"` or
+          `"laion/larger_clap_music"` (a `ClapModel` checkpoint, whose text tower is dropped) or a `ClapAudioModel`;
+          without feature fusion. A raw LAION CLAP `.pt` converts with
+          `transformers_blap.conversion.laion_clap.convert_laion_clap_checkpoint` first.
+        - Q-Former: BERT (`"bert-base-uncased"`): its embeddings, self-attention and feed-forward layers; the query
+          feed-forward layers (`intermediate_query`, `output_query`) start as copies of the text ones; the
+          cross-attention layers (every `cross_attention_frequency`-th layer, default 2) and the `[DEC]` embedding are
+          new; the LM head comes from BERT's masked-LM head when the checkpoint has one. BERT's segment embeddings
+          and pooler have no counterpart. The vocabulary grows by one token, `[DEC]`, whose id is BERT's vocabulary
+          size (30522 for bert-base-uncased: what [`build_qformer_tokenizer`] gives).
+        - Language model: only its configuration is read (stage 1 holds no language model; stage 2 loads its
+          weights), with the original's exact-GELU activation. Defaults to Flan-T5-XL's.
+
+        Args:
+            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, or a
+                loaded model.
+            qformer (`str`, `os.PathLike` or a BERT model, *optional*, defaults to `"bert-base-uncased"`).
+            language_model (`str`, `os.PathLike` or `T5Config`, *optional*): the T5 of stage 2.
+            config_kwargs: further [`BlapConfig`] arguments (`num_query_tokens`, `embed_dim`, ...) and
+                `cross_attention_frequency`.
+
+        Returns:
+            [`BlapForRepresentationLearning`], in eval mode (as `from_pretrained` returns models).
+        """
+        audio = cls._load_clap_audio_model(audio_encoder)
+        bert, mlm_head = cls._load_bert(qformer)
+        if language_model is None:
+            text_config = None
+        elif isinstance(language_model, T5Config):
+            text_config = language_model.to_dict()
+        else:
+            text_config = T5Config.from_pretrained(language_model).to_dict()
+        if text_config is not None:
+            text_config["dense_act_fn"] = "gelu"
+        bert_config = bert.config
+        qformer_config = {
+            "vocab_size": bert_config.vocab_size + 1,
+            "hidden_size": bert_config.hidden_size,
+            "num_hidden_layers": bert_config.num_hidden_layers,
+            "num_attention_heads": bert_config.num_attention_heads,
+            "intermediate_size": bert_config.intermediate_size,
+            "hidden_act": bert_config.hidden_act,
+            "hidden_dropout_prob": bert_config.hidden_dropout_prob,
+            "attention_probs_dropout_prob": bert_config.attention_probs_dropout_prob,
+            "max_position_embeddings": bert_config.max_position_embeddings,
+            "layer_norm_eps": bert_config.layer_norm_eps,
+            "pad_token_id": bert_config.pad_token_id,
+            "cross_attention_frequency": config_kwargs.pop("cross_attention_frequency", 2),
+        }
+        config = BlapConfig(
+            audio_config=audio.config.to_dict(),
+            qformer_config=qformer_config,
+            text_config=text_config,
+            qformer_dec_token_id=bert_config.vocab_size,
+            **config_kwargs,
+        )
+        model = cls(config)
+        model.audio_encoder.load_state_dict(audio.state_dict())
+        model._load_bert_weights(bert, mlm_head)
+        return model.eval()
+
+    @staticmethod
+    def _load_clap_audio_model(audio_encoder) -> ClapAudioModel:
+        if isinstance(audio_encoder, (str, os.PathLike)):
+            config = AutoConfig.from_pretrained(audio_encoder)
+            if isinstance(config, ClapConfig):
+                return ClapModel.from_pretrained(audio_encoder, dtype=torch.float32).audio_model
+            if isinstance(config, ClapAudioConfig):
+                return ClapAudioModel.from_pretrained(audio_encoder, dtype=torch.float32)
+            raise ValueError(f"`audio_encoder` {audio_encoder!r} is a {type(config).__name__}, not a CLAP checkpoint.")
+        if isinstance(audio_encoder, ClapModel):
+            return audio_encoder.audio_model
+        if isinstance(audio_encoder, ClapAudioModel):
+            return audio_encoder
+        raise TypeError(
+            f"`audio_encoder` must be a CLAP checkpoint or a ClapModel / ClapAudioModel, got {type(audio_encoder)}."
+        )
+
+    @staticmethod
+    def _load_bert(qformer) -> tuple[BertModel, nn.Module | None]:
+        """The BERT encoder and its masked-LM prediction head (None when the checkpoint has none)."""
+        if isinstance(qformer, (str, os.PathLike)):
+            qformer = BertForMaskedLM.from_pretrained(qformer, dtype=torch.float32)
+        if isinstance(qformer, (BertForMaskedLM, BertForPreTraining)):
+            return qformer.bert, qformer.cls.predictions
+        if isinstance(qformer, BertModel):
+            return qformer, None
+        raise TypeError(f"`qformer` must be a BERT checkpoint or a BERT model, got {type(qformer).__name__}.")
+
+    @torch.no_grad()
+    def _load_bert_weights(self, bert: BertModel, mlm_head: nn.Module | None) -> None:
+        """Copy BERT into the Q-Former, its embeddings and LM head (see `from_pretrained_parts`)."""
+        params = dict(self.named_parameters())
+        copies: dict[str, torch.Tensor] = {}
+        for name, tensor in bert.state_dict().items():
+            if name.startswith(("embeddings.token_type_embeddings.", "pooler.")):
+                continue
+            layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", name)
+            if name.startswith("embeddings.LayerNorm."):
+                targets = ["qformer.layernorm." + name.rsplit(".", 1)[1]]
+            elif name.startswith("embeddings."):
+                targets = ["text_embeddings." + name[len("embeddings.") :]]
+            elif layer is not None and layer.group(2).startswith("attention.self."):
+                targets = [f"qformer.encoder.layer.{layer.group(1)}.attention.attention.{layer.group(2)[15:]}"]
+            elif layer is not None and layer.group(2).startswith(("intermediate.", "output.")):
+                module, rest = layer.group(2).split(".", 1)
+                prefix = f"qformer.encoder.layer.{layer.group(1)}."
+                targets = [f"{prefix}{module}.{rest}", f"{prefix}{module}_query.{rest}"]
+            elif layer is not None:
+                targets = [f"qformer.encoder.layer.{layer.group(1)}.{layer.group(2)}"]
+            else:
+                raise ValueError(f"Unexpected BERT weight {name!r}: cannot place it in the Q-Former.")
+            for target in targets:
+                copies[target] = tensor
+        if mlm_head is not None:
+            copies["lm_head.dense.weight"] = mlm_head.transform.dense.weight
+            copies["lm_head.dense.bias"] = mlm_head.transform.dense.bias
+            copies["lm_head.layer_norm.weight"] = mlm_head.transform.LayerNorm.weight
+            copies["lm_head.layer_norm.bias"] = mlm_head.transform.LayerNorm.bias
+            copies["lm_head.decoder.bias"] = mlm_head.decoder.bias
+        for target, tensor in copies.items():
+            if target not in params:
+                raise ValueError(f"BERT weight for {target!r} has no place in this Q-Former (layer count mismatch?).")
+            param = params[target]
+            if target in ("text_embeddings.word_embeddings.weight", "lm_head.decoder.bias"):
+                param[: tensor.shape[0]].copy_(tensor)  # the last row / entry is [DEC]'s, new
+            elif param.shape != tensor.shape:
+                raise ValueError(
+                    f"BERT weight for {target!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}."
+                )
+            else:
+                param.copy_(tensor)
+
+    # ------------------------------------------------------------------ Q-Former passes
+
+    @staticmethod
+    def audio_text_attention_mask(
+        text_attention_mask: torch.Tensor, num_query_tokens: int, causal: bool, dtype: torch.dtype
+    ) -> torch.Tensor:
+        r"""
+        The additive self-attention mask of a Q-Former pass over `[queries ; text]`.
+
+        Every position sees every query and the non-padding text, except with `causal=True` (caption generation):
+        queries then see queries only, and a text position sees the text up to itself. Masked entries hold the most
+        negative `dtype` value (an additive mask: `Blip2QFormerModel` adds a float mask to the scores and passes a 4D
+        mask through unchanged).
+
+        Args:
+            text_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`): 1 for tokens, 0 for padding.
+            num_query_tokens (`int`): 0 for a text-only pass.
+            causal (`bool`): the caption-generation pattern.
+            dtype (`torch.dtype`): the dtype of the attention scores.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, 1, num_query_tokens + text_length, num_query_tokens +
+            text_length)`: 0 where attention is allowed.
+        """
+        batch_size, text_length = text_attention_mask.shape
+        length = num_query_tokens + text_length
+        device = text_attention_mask.device
+        keys = torch.cat(
+            [torch.ones(batch_size, num_query_tokens, dtype=torch.bool, device=device), text_attention_mask.bool()],
+            dim=1,
+        )
+        allowed = keys[:, None, :].expand(batch_size, length, length).clone()
+        if causal:
+            allowed[:, :num_query_tokens, num_query_tokens:] = False
+            earlier = torch.ones(text_length, text_length, dtype=torch.bool, device=device).tril()
+            allowed[:, num_query_tokens:, num_query_tokens:] &= earlier
+        mask = torch.zeros(batch_size, 1, length, length, dtype=dtype, device=device)
+        return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+    def _qformer_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast off around a float32 Q-Former (kept in float32), so mixed precision does not run it in half."""
+        if (
+            self.qformer.layernorm.weight.dtype == torch.float32
+            and torch.amp.is_autocast_available(device.type)
+            and torch.is_autocast_enabled(device.type)
+        ):
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def _text_pass(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text alone through the Q-Former (text feed-forward, no cross-attention): `(batch_size, text_length, H)`."""
+        embeds = self.text_embeddings(input_ids)
+        dtype = self.qformer.layernorm.weight.dtype
+        mask = self.audio_text_attention_mask(attention_mask, 0, causal=False, dtype=dtype)
+        with self._qformer_precision(embeds.device):
+            return self.qformer(query_embeds=embeds.to(dtype), query_length=0, attention_mask=mask).last_hidden_state
+
+    def _audio_text_pass(
+        self, audio_embeds: torch.Tensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor, causal: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Queries (cross-attending to `audio_embeds`) and text through the Q-Former together.
+
+        Returns:
+            `tuple(torch.FloatTensor)`: query outputs `(batch_size, num_query_tokens, H)` and text outputs
+            `(batch_size, text_length, H)`.
+        """
+        num_queries = self.query_tokens.shape[1]
+        queries = self.query_tokens.expand(input_ids.shape[0], -1, -1)
+        text = self.text_embeddings(input_ids)
+        embeds = torch.cat([queries, text.to(queries.dtype)], dim=1)
+        dtype = self.qformer.layernorm.weight.dtype
+        mask = self.audio_text_attention_mask(attention_mask, num_queries, causal, dtype)
+        with self._qformer_precision(embeds.device):
+            hidden = self.qformer(
+                query_embeds=embeds.to(dtype),
+                query_length=num_queries,
+                attention_mask=mask,
+                encoder_hidden_states=audio_embeds.to(dtype),
+            ).last_hidden_state
+        return hidden[:, :num_queries], hidden[:, num_queries:]
+
+    # ------------------------------------------------------------------ embeddings
+
+    def get_audio_embeddings(
+        self, input_features: torch.Tensor | None = None, audio_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Unit-norm audio embeddings in the shared audio-text space, one per query token.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(batch_size, 1, num_frames, num_mel_bins)`, *optional*).
+            audio_embeds (`torch.FloatTensor` of shape `(batch_size, num_audio_tokens, audio_hidden_size)`,
+                *optional*): audio tokens from `get_audio_features`, instead of `input_features`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_query_tokens, embed_dim)`.
+        """
+        query_output = self.get_qformer_features(input_features=input_features, audio_embeds=audio_embeds)
+        return F.normalize(self.audio_projection(query_output.last_hidden_state), dim=-1)
+
+    def get_text_embeddings(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Unit-norm text embeddings in the shared audio-text space (the projected `[CLS]` output of a text-only pass).
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): BERT tokens starting with `[CLS]`
+                ([`BlapStage1Processor`]).
+            attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, embed_dim)`.
+        """
+        if input_ids is None or input_ids.ndim != 2:
+            shape = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(f"`input_ids` must have shape (batch_size, text_length), got {shape}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has"
+                f" {tuple(input_ids.shape)}."
+            )
+        text_output = self._text_pass(input_ids, attention_mask)
+        return F.normalize(self.text_projection(text_output[:, 0]), dim=-1)
+
+    @staticmethod
+    def similarity(audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """
+        Cosine similarity of every clip with every text: the best-matching query token's.
+
+        Args:
+            audio_embeds (`torch.FloatTensor` of shape `(num_audio, num_query_tokens, embed_dim)`): from
+                `get_audio_embeddings`.
+            text_embeds (`torch.FloatTensor` of shape `(num_text, embed_dim)`): from `get_text_embeddings`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_audio, num_text)`, in [-1, 1]. For text-to-music retrieval, sort a
+            column; for music-to-text, a row.
+        """
+        if audio_embeds.ndim != 3 or text_embeds.ndim != 2 or audio_embeds.shape[-1] != text_embeds.shape[-1]:
+            raise ValueError(
+                "`audio_embeds` must be (num_audio, num_query_tokens, embed_dim) and `text_embeds` (num_text,"
+                f" embed_dim), got {tuple(audio_embeds.shape)} and {tuple(text_embeds.shape)}."
+            )
+        return torch.einsum("aqd,td->atq", audio_embeds, text_embeds.to(audio_embeds.dtype)).amax(dim=-1)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_features: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        return_loss: bool = False,
+        return_dict: bool | None = None,
+    ) -> BlapRepresentationLearningOutput | tuple:
+        r"""
+        Similarities of every clip with every text and, with `return_loss=True`, the three stage-1 losses over paired
+        clips and captions.
+
+        Under `torch.distributed` (an initialised default process group of several processes) the losses use the
+        whole batch of all processes: contrastive similarities against every process's features, with gradients
+        flowing back into each process's local features; hard negatives for matching drawn from the whole batch; the
+        caption loss averaged over all processes' tokens. Each process's losses are scaled so that their mean over
+        processes (what DDP's gradient averaging computes) equals the losses of one process holding the whole batch.
+        Every process must then call `forward` with `return_loss=True` together.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(num_audio, 1, num_frames, num_mel_bins)`): log-mel.
+            input_ids (`torch.LongTensor` of shape `(num_text, text_length)`): BERT tokens starting with `[CLS]`;
+                with `return_loss`, clip `i`'s caption is row `i`.
+            attention_mask (`torch.LongTensor` of shape `(num_text, text_length)`, *optional*).
+            return_loss (`bool`, *optional*, defaults to `False`): compute `loss`, `loss_atc`, `loss_atm`, `loss_lm`
+                (needs as many captions as clips, and at least two pairs over all processes).
+
+        Returns:
+            [`BlapRepresentationLearningOutput`].
+        """
+        self._check_input_features(input_features)
+        if input_ids is None:
+            raise ValueError("`input_ids` is required: the texts tokenized by BlapStage1Processor.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        audio_embeds = self.get_audio_features(input_features)
+        query_output = self.get_qformer_features(audio_embeds=audio_embeds).last_hidden_state
+        audio_feats = F.normalize(self.audio_projection(query_output), dim=-1)
+        text_feat = self.get_text_embeddings(input_ids, attention_mask)
+        temperature = self.temperature.clamp(0.001, 0.5)
+        logits_per_audio = self.similarity(audio_feats, text_feat) / temperature
+
+        output = BlapRepresentationLearningOutput(
+            logits_per_audio=logits_per_audio,
+            logits_per_text=logits_per_audio.t(),
+            audio_embeds=audio_feats,
+            text_embeds=text_feat,
+        )
+        if return_loss:
+            if input_ids.shape[0] != input_features.shape[0]:
+                raise ValueError(
+                    f"`return_loss=True` needs one caption per clip: `input_features` has {input_features.shape[0]}"
+                    f" clips but `input_ids` has {input_ids.shape[0]} rows."
+                )
+            losses = self._stage1_losses(audio_embeds, audio_feats, text_feat, input_ids, attention_mask, temperature)
+            output.loss_atc, output.loss_atm, output.loss_lm, output.lm_logits = losses
+            output.loss = output.loss_atc + output.loss_atm + output.loss_lm
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def _stage1_losses(
+        self,
+        audio_embeds: torch.Tensor,
+        audio_feats: torch.Tensor,
+        text_feat: torch.Tensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        temperature: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ATC, ATM and LM losses of `B` local pairs within a global batch of `N` pairs over `W` processes."""
+        batch_size = input_ids.shape[0]
+        rank, sizes = _distributed_layout(batch_size, input_ids.device)
+        world_size, total = len(sizes), sum(sizes)
+        if total < 2:
+            raise ValueError("The stage-1 losses need at least 2 audio-caption pairs per batch (over all processes).")
+        start = sum(sizes[:rank])
+        local = slice(start, start + batch_size)
+
+        def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if world_size == 1 else _GatherWithGrad.apply(tensor, sizes, rank)
+
+        def gather(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if world_size == 1 else _all_gather(tensor, sizes)
+
+        # ATC: local clips against all texts, local texts against all clips; targets offset by this process's start.
+        audio_feats_all = gather_with_grad(audio_feats)  # (N, Q, D)
+        text_feat_all = gather_with_grad(text_feat)  # (N, D)
+        sim_a2t = self.similarity(audio_feats, text_feat_all) / temperature  # (B, N)
+        sim_t2a = self.similarity(audio_feats_all, text_feat).t() / temperature  # (B, N)
+        targets = torch.arange(start, start + batch_size, device=sim_a2t.device)
+        smoothing = self.config.label_smoothing
+        loss_atc = (
+            F.cross_entropy(sim_a2t, targets, reduction="sum", label_smoothing=smoothing)
+            + F.cross_entropy(sim_t2a, targets, reduction="sum", label_smoothing=smoothing)
+        ) / 2
+        loss_atc = loss_atc * world_size / total
+
+        # ATM: for every text a hard negative clip, for every clip a hard negative text, drawn for the whole batch
+        # at once (so that a fixed seed draws the same negatives however the batch is split over processes).
+        with torch.no_grad():
+            own = torch.eye(total, dtype=torch.bool, device=sim_a2t.device)
+            weights_t2a = gather(sim_t2a.detach().float()).masked_fill(own, float("-inf")).softmax(dim=1)
+            weights_a2t = gather(sim_a2t.detach().float()).masked_fill(own, float("-inf")).softmax(dim=1)
+            negative_audio = torch.multinomial(weights_t2a, 1).squeeze(1)[local]
+            negative_text = torch.multinomial(weights_a2t, 1).squeeze(1)[local]
+        audio_embeds_all = gather_with_grad(audio_embeds)
+        length = torch.tensor([input_ids.shape[1]], device=input_ids.device)
+        max_length = max(_all_gather(length, [1] * world_size).tolist()) if world_size > 1 else input_ids.shape[1]
+        pad = (0, max_length - input_ids.shape[1])
+        ids = F.pad(input_ids, pad, value=self.config.qformer_config.pad_token_id)
+        mask = F.pad(attention_mask, pad, value=0)
+        ids_all, mask_all = gather(ids), gather(mask)
+        atm_audio = torch.cat([audio_embeds, audio_embeds_all[negative_audio], audio_embeds])
+        atm_ids = torch.cat([ids, ids, ids_all[negative_text]])
+        atm_mask = torch.cat([mask, mask, mask_all[negative_text]])
+        atm_queries, _ = self._audio_text_pass(atm_audio, atm_ids, atm_mask, causal=False)
+        atm_logits = self.atm_head(atm_queries).mean(dim=1)  # (3B, 2)
+        atm_labels = torch.cat([atm_logits.new_ones(batch_size), atm_logits.new_zeros(2 * batch_size)]).long()
+        loss_atm = F.cross_entropy(atm_logits, atm_labels, reduction="sum") * world_size / (3 * total)
+
+        # LM: [DEC] replaces [CLS]; predict token t+1 from tokens <= t and all queries; mean over all tokens.
+        decoder_ids = input_ids.clone()
+        decoder_ids[:, 0] = self.config.qformer_dec_token_id
+        labels = decoder_ids.masked_fill(attention_mask == 0, -100)[:, 1:]
+        _, text_hidden = self._audio_text_pass(audio_embeds, decoder_ids, attention_mask, causal=True)
+        lm_logits = self.lm_head(text_hidden)
+        token_loss = F.cross_entropy(
+            lm_logits[:, :-1].flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=smoothing,
+        )
+        num_tokens = _all_reduce_sum((labels != -100).sum(), world_size).clamp(min=1)
+        loss_lm = token_loss * world_size / num_tokens
+        return loss_atc, loss_atm, loss_lm, lm_logits
+
+
 __all__ = [
     "BlapBeamSearchCache",
     "BlapForConditionalGeneration",
     "BlapForConditionalGenerationModelOutput",
+    "BlapForRepresentationLearning",
     "BlapPreTrainedModel",
+    "BlapRepresentationLearningOutput",
 ]

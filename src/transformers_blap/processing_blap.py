@@ -1,7 +1,11 @@
-"""BlapProcessor: BLAP's feature extractor and the language model's tokenizer behind one call."""
+"""BlapProcessor: BLAP's feature extractor and the language model's tokenizer behind one call; BlapStage1Processor:
+the feature extractor and the Q-Former's BERT tokenizer (stage 1: embeddings, retrieval, zero-shot tagging)."""
+
+import os
 
 import numpy as np
 import torch
+from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -44,9 +48,9 @@ class BlapProcessor(ProcessorMixin):
 
         Args:
             audio: one mono waveform `(num_samples,)`, a batch `(batch_size, num_samples)` or a list of waveforms,
-                at `sampling_rate` (must be the feature extractor's rate, 48 kHz; `transformers_blap.audio.load_audio`
-                decodes and resamples files).
-            sampling_rate (`int`, *optional*): the rate of `audio`; a mismatch is an error.
+                at `sampling_rate` (`transformers_blap.audio.load_audio` decodes, downmixes and resamples files).
+            sampling_rate (`int`, *optional*): the rate of `audio`; audio at another rate than the feature
+                extractor's (48 kHz) is resampled. Pass it: without it the feature extractor's rate is assumed.
             text (`str` or `list[str]`, *optional*): the prompt; one for all clips or one per clip.
             captions (`str` or `list[str]`, *optional*): target captions, one per clip.
             return_tensors (`str`, *optional*, defaults to `"pt"`).
@@ -104,4 +108,93 @@ class BlapProcessor(ProcessorMixin):
         return ["input_features", "input_ids", "attention_mask"]
 
 
-__all__ = ["BlapProcessor"]
+QFORMER_DEC_TOKEN = "[DEC]"
+
+
+def build_qformer_tokenizer(name_or_path: str | os.PathLike = "bert-base-uncased", **kwargs) -> BertTokenizer:
+    """
+    The Q-Former's tokenizer for stage 1: a BERT tokenizer (bert-base-uncased in BLAP) with `[DEC]` added as its
+    bos token, the token that replaces `[CLS]` when the Q-Former decodes a caption. With bert-base-uncased, `[DEC]`
+    gets id 30522, `BlapConfig.qformer_dec_token_id`'s default. It returns `input_ids` and `attention_mask` only (no
+    `token_type_ids`: the Q-Former has no segment embeddings).
+
+    Args:
+        name_or_path (`str` or `os.PathLike`, *optional*, defaults to `"bert-base-uncased"`): a BERT tokenizer.
+        kwargs: passed to `BertTokenizer.from_pretrained`.
+    """
+    kwargs.setdefault("model_input_names", ["input_ids", "attention_mask"])
+    tokenizer = BertTokenizer.from_pretrained(name_or_path, truncation_side="right", **kwargs)
+    if tokenizer.bos_token != QFORMER_DEC_TOKEN:
+        tokenizer.add_special_tokens({"bos_token": QFORMER_DEC_TOKEN})
+    return tokenizer
+
+
+class BlapStage1Processor(ProcessorMixin):
+    r"""
+    Wraps a [`BlapFeatureExtractor`] and the Q-Former's BERT tokenizer (with `[DEC]`, see [`build_qformer_tokenizer`])
+    for [`BlapForRepresentationLearning`]: training captions, text queries for retrieval, tag prompts.
+
+    Saved with a stage-1 checkpoint, the tokenizer sits at the top of the folder, so that `AutoTokenizer` and the
+    `zero-shot-audio-classification` pipeline find it.
+
+    Args:
+        feature_extractor ([`BlapFeatureExtractor`]): the log-mel front end.
+        tokenizer ([`BertTokenizer`]): the Q-Former's tokenizer, with `[DEC]` as its bos token.
+        max_txt_len (`int`, *optional*, defaults to 64): texts are truncated to this many tokens.
+    """
+
+    def __init__(self, feature_extractor, tokenizer, max_txt_len: int = 64):
+        if tokenizer.bos_token != QFORMER_DEC_TOKEN:
+            raise ValueError(
+                f"The stage-1 tokenizer needs {QFORMER_DEC_TOKEN!r} as its bos token, got {tokenizer.bos_token!r}:"
+                " build it with `build_qformer_tokenizer`."
+            )
+        self.max_txt_len = max_txt_len
+        super().__init__(feature_extractor, tokenizer)
+
+    def __call__(
+        self,
+        audio: np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor] | None = None,
+        sampling_rate: int | None = None,
+        text: str | list[str] | None = None,
+        return_tensors: str | None = "pt",
+        device: str | torch.device | None = None,
+    ) -> BatchFeature:
+        """
+        Prepare model inputs: log-mel for `audio`, BERT tokens for `text` (any number of each).
+
+        Args:
+            audio: one mono waveform `(num_samples,)`, a batch `(batch_size, num_samples)` or a list of waveforms at
+                `sampling_rate` (the feature extractor's rate).
+            sampling_rate (`int`, *optional*): the rate of `audio`; a mismatch is an error.
+            text (`str` or `list[str]`, *optional*): captions, search queries or tag prompts.
+            return_tensors (`str`, *optional*, defaults to `"pt"`).
+            device (*optional*): where the feature extractor computes the log-mel.
+
+        Returns:
+            [`BatchFeature`] with `input_features` `(num_audio, 1, num_frames, num_mel_bins)` and/or `input_ids`,
+            `attention_mask` `(num_text, text_length)`, padded to the longest text, at most `max_txt_len` tokens.
+        """
+        if audio is None and text is None:
+            raise ValueError("BlapStage1Processor needs `audio`, `text` or both; got neither.")
+        data: dict = {}
+        if audio is not None:
+            features = self.feature_extractor(
+                audio, sampling_rate=sampling_rate, return_tensors=return_tensors, device=device
+            )
+            data.update(features)
+        if text is not None:
+            texts = BlapProcessor._as_text_batch(text, None, "text")
+            data.update(
+                self.tokenizer(
+                    texts, padding=True, truncation=True, max_length=self.max_txt_len, return_tensors=return_tensors
+                )
+            )
+        return BatchFeature(data)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_features", "input_ids", "attention_mask"]
+
+
+__all__ = ["BlapProcessor", "BlapStage1Processor", "build_qformer_tokenizer"]

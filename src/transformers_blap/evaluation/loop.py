@@ -1,0 +1,244 @@
+"""
+The evaluation loop: caption a benchmark with a BLAP model, keep the predictions in a resumable JSON Lines file, score
+them with the paper's metrics, write `report.json` and print the scores beside Table 1 of the paper.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..audio import load_audio
+from .benchmarks import Benchmark, BenchmarkClip
+from .metrics import ALL_METRICS, CaptionScorer
+from .report import format_table1
+
+logger = logging.getLogger(__name__)
+
+
+def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
+    """Decodes an audio file to mono float32 at `sampling_rate` (`transformers_blap.audio.load_audio`)."""
+    return load_audio(path, sampling_rate=sampling_rate)
+
+
+def read_predictions(path: str | os.PathLike, benchmark_name: str) -> dict[str, dict[str, Any]]:
+    """
+    The records of a predictions file, the last one per clip. Lines cut short by an interrupted run are dropped (and
+    the file rewritten without them, so that new records start on a fresh line).
+
+    Args:
+        path (`str` or `os.PathLike`): the JSON Lines file (absent: no records).
+        benchmark_name (`str`): the benchmark the file must belong to.
+
+    Returns:
+        `dict[str, dict]`: clip id -> record (`{"benchmark", "clip_id", "audio_path", "caption" or "error", ...}`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    records, kept_lines, dropped = {}, [], 0
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+            clip_id = record["clip_id"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            dropped += 1
+            continue
+        if record.get("benchmark") != benchmark_name:
+            raise ValueError(
+                f"{path} holds predictions for benchmark {record.get('benchmark')!r}, not {benchmark_name!r}: "
+                "use another output folder"
+            )
+        records[clip_id] = record
+        kept_lines.append(line)
+    if dropped or (text and not text.endswith("\n")):
+        logger.warning("%s: dropping %d unreadable line(s) left by an interrupted run", path, dropped)
+        temporary = path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept_lines), encoding="utf-8")
+        os.replace(temporary, path)
+    return records
+
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _generation_settings(model, generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    settings = {}
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        settings.update(generation_config.to_diff_dict())
+    settings.pop("transformers_version", None)
+    settings.update(generate_kwargs)
+    return settings
+
+
+def _caption_batch(model, processor, clips: list[BenchmarkClip], waveforms: list[np.ndarray], generate_kwargs):
+    sampling_rate = processor.feature_extractor.sampling_rate
+    inputs = processor(audio=waveforms, sampling_rate=sampling_rate, return_tensors="pt", device=model.device)
+    inputs = inputs.to(model.device)
+    with torch.inference_mode():
+        ids = model.generate(**inputs, **generate_kwargs)
+    captions = processor.batch_decode(ids, skip_special_tokens=True)
+    if len(captions) != len(clips):
+        raise RuntimeError(f"generate returned {len(captions)} captions for {len(clips)} clips")
+    return [caption.strip() for caption in captions]
+
+
+def generate_predictions(
+    model,
+    processor,
+    benchmark: Benchmark,
+    predictions_path: str | os.PathLike,
+    batch_size: int = 8,
+    generate_kwargs: Mapping[str, Any] | None = None,
+    load_audio: Callable[[Path, int], np.ndarray] = load_audio_file,
+) -> dict[str, dict[str, Any]]:
+    """
+    Captions the clips of `benchmark` that `predictions_path` does not hold a caption for yet, appending one JSON line
+    per clip after each batch. A clip whose audio cannot be decoded, or whose batch fails in `generate`, gets an
+    `"error"` record and the run goes on; the next run retries it.
+
+    Returns:
+        `dict[str, dict]`: clip id -> latest record, for every clip of the file.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1; got {batch_size}")
+    generate_kwargs = dict(generate_kwargs or {})
+    predictions_path = Path(predictions_path)
+    records = read_predictions(predictions_path, benchmark.name)
+    todo = [clip for clip in benchmark.clips if "caption" not in records.get(clip.clip_id, {})]
+    if len(todo) < len(benchmark.clips):
+        logger.info(
+            "%s: %d clips already captioned, %d to go", predictions_path, len(benchmark.clips) - len(todo), len(todo)
+        )
+    sampling_rate = processor.feature_extractor.sampling_rate
+    predictions_path.parent.mkdir(parents=True, exist_ok=True)
+    with predictions_path.open("a", encoding="utf-8") as file:
+        for start in range(0, len(todo), batch_size):
+            new_records, loaded, waveforms = [], [], []
+            for clip in todo[start : start + batch_size]:
+                base = {"benchmark": benchmark.name, "clip_id": clip.clip_id, "audio_path": str(clip.audio_path)}
+                try:
+                    waveforms.append(load_audio(clip.audio_path, sampling_rate))
+                    loaded.append(clip)
+                except Exception as error:
+                    new_records.append({**base, "error": _error_text(error)})
+            if loaded:
+                try:
+                    captions = _caption_batch(model, processor, loaded, waveforms, generate_kwargs)
+                    outcomes = [
+                        {"caption": caption, "references": list(clip.references)}
+                        for clip, caption in zip(loaded, captions)
+                    ]
+                except Exception as error:
+                    outcomes = [{"error": _error_text(error)}] * len(loaded)
+                for clip, outcome in zip(loaded, outcomes):
+                    base = {"benchmark": benchmark.name, "clip_id": clip.clip_id, "audio_path": str(clip.audio_path)}
+                    new_records.append({**base, **outcome})
+            for record in new_records:
+                records[record["clip_id"]] = record
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            file.flush()
+    return records
+
+
+def default_predictions_path(report_path: str | os.PathLike) -> Path:
+    """`report.json` -> `report.predictions.jsonl`, beside the report."""
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}.predictions.jsonl")
+
+
+def run_evaluation(
+    model,
+    processor,
+    benchmark: Benchmark,
+    report_path: str | os.PathLike,
+    predictions_path: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    generate_kwargs: Mapping[str, Any] | None = None,
+    metrics: Iterable[str] = ALL_METRICS,
+    scorer_kwargs: Mapping[str, Any] | None = None,
+    load_audio: Callable[[Path, int], np.ndarray] = load_audio_file,
+    model_name: str | None = None,
+    print_fn: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """
+    Evaluates a BLAP model on a benchmark as in the paper.
+
+    The metric helpers are set up first, so that a missing SPICE/FENSE download fails before any audio is captioned.
+    Then every clip with audio is captioned (resumable, see `generate_predictions`) with the model's generation
+    settings (BLAP's: 10 beams, 40 new tokens, `min_length` 30) and the processor's prompt, overridden by
+    `generate_kwargs`; the captions are scored against the clips' references; the report records the benchmark
+    counts (missing audio included), the settings, the failures and the scores. Audio longer than the model's window
+    (Song Describer's full tracks) is cut to one window by the feature extractor's `long_audio` policy ("first" 10 s
+    unless the processor was saved or set otherwise); the report records which.
+
+    Args:
+        model (`BlapForConditionalGeneration`): the captioner (its `generate` and `device` are used).
+        processor (`BlapProcessor`): its feature extractor's `sampling_rate` is the rate audio is decoded at.
+        benchmark (`Benchmark`): from `load_musiccaps`, `load_song_describer` or `load_yt8m_musictextclips`.
+        report_path (`str` or `os.PathLike`): where the JSON report goes (e.g. `report.json`).
+        predictions_path (`str` or `os.PathLike`, *optional*): the JSON Lines predictions, resumed if present;
+            defaults to `report.predictions.jsonl` beside the report.
+        batch_size (`int`, *optional*, defaults to 8): clips per `generate` call.
+        generate_kwargs (`Mapping`, *optional*): generation options on top of `model.generation_config`.
+        metrics (`Iterable[str]`, *optional*, defaults to `ALL_METRICS`): see `caption_metrics`.
+        scorer_kwargs (`Mapping`, *optional*): passed to `CaptionScorer` (`cache_dir`, `spice_command`, ...).
+        load_audio (`Callable`, *optional*): `(path, sampling_rate) -> mono float32 waveform`.
+        model_name (`str`, *optional*): how the report names the model (default: `model.name_or_path`).
+        print_fn (`Callable`, *optional*, defaults to `print`): where the summary and table go; `None` for silence.
+
+    Returns:
+        `dict`: the report written to `report_path`.
+    """
+    report_path = Path(report_path)
+    predictions_path = default_predictions_path(report_path) if predictions_path is None else Path(predictions_path)
+    generate_kwargs = dict(generate_kwargs or {})
+    if not benchmark.clips:
+        raise ValueError(f"nothing to evaluate: {benchmark.describe()}")
+    with CaptionScorer(metrics, **dict(scorer_kwargs or {})) as scorer:
+        records = generate_predictions(
+            model, processor, benchmark, predictions_path, batch_size, generate_kwargs, load_audio
+        )
+        scored = [clip for clip in benchmark.clips if "caption" in records.get(clip.clip_id, {})]
+        failed = [
+            {"clip_id": clip.clip_id, "error": records[clip.clip_id]["error"]}
+            for clip in benchmark.clips
+            if "caption" not in records.get(clip.clip_id, {})
+        ]
+        if not scored:
+            raise RuntimeError(
+                f"no clip of {benchmark.name} could be captioned; first error: {failed[0]['error']} "
+                f"(all errors are in {predictions_path})"
+            )
+        scores = scorer([records[clip.clip_id]["caption"] for clip in scored], [clip.references for clip in scored])
+    report = {
+        "benchmark": benchmark.summary(),
+        "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        "prompt": getattr(processor, "prompt", None),
+        "generation": _generation_settings(model, generate_kwargs),
+        "long_audio": getattr(processor.feature_extractor, "long_audio", None),
+        "clips_scored": len(scored),
+        "clips_failed": failed,
+        "metrics": scores,
+        "metrics_x100": {name: round(100.0 * value, 2) for name, value in scores.items()},
+        "predictions_file": str(predictions_path),
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = report_path.with_name(report_path.name + ".tmp")
+    temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, report_path)
+    if print_fn is not None:
+        print_fn(benchmark.describe())
+        if failed:
+            print_fn(f"{len(failed)} clips failed (see {predictions_path}); scored {len(scored)} clips.")
+        note = f"{benchmark.split}, {len(scored)} clips scored"
+        print_fn(format_table1(benchmark.name, scores, label=report["model"], note=note))
+    return report

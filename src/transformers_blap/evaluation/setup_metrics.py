@@ -1,0 +1,137 @@
+"""
+Fetches, once and on a machine with network, what SPICE, Sentence-BERT similarity and FENSE need:
+
+    python -m transformers_blap.evaluation.setup_metrics [--cache-dir DIR] [--skip-spice] [--skip-fense]
+
+- SPICE: Stanford CoreNLP 3.6.0 (about 360 MB download), through pycocoevalcap's own `get_stanford_models`, into
+  pycocoevalcap's `spice/lib/` (the installed package folder must be writable);
+- Sentence-BERT similarity and FENSE: `sentence-transformers/paraphrase-TinyBERT-L6-v2` from the Hugging Face Hub;
+- FENSE: the fluency-error detector `echecker_clotho_audiocaps_base.ckpt` from the FENSE release (SHA-256 checked)
+  and the configuration and tokenizer of `bert-base-uncased` (no weights: they come from the checkpoint).
+
+The last two go to the metrics cache (`--cache-dir`, else `$BLAP_METRICS_CACHE`, else
+`~/.cache/transformers_blap/metrics`); copy that folder to an offline machine and point `BLAP_METRICS_CACHE` at it.
+Files already present are not fetched again.
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+
+from .resources import (
+    FENSE_CHECKPOINT_SHA256,
+    FENSE_CHECKPOINT_URL,
+    FENSE_ENCODER_REPO_ID,
+    SBERT_REPO_ID,
+    default_cache_dir,
+    fense_checkpoint_path,
+    fense_encoder_dir,
+    missing_fense_files,
+    missing_sbert_files,
+    missing_spice_files,
+    sbert_dir,
+)
+
+SBERT_FILES = ["*.json", "vocab.txt", "model.safetensors", "pytorch_model.bin", "1_Pooling/*", "README.md"]
+FENSE_ENCODER_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json"]
+
+
+def download_file(url: str, destination: str | os.PathLike, sha256: str) -> Path:
+    """
+    Downloads `url` to `destination` and checks its SHA-256; the file appears only once complete and verified.
+
+    Args:
+        url (`str`): what to fetch (any scheme `urllib` opens).
+        destination (`str` or `os.PathLike`): the file to write.
+        sha256 (`str`): the expected hex digest.
+
+    Returns:
+        `Path`: `destination`.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=destination.parent, suffix=".part", delete=False) as partial:
+        try:
+            with urllib.request.urlopen(url) as response:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(chunk)
+                    partial.write(chunk)
+        except BaseException:
+            os.unlink(partial.name)
+            raise
+    if digest.hexdigest() != sha256:
+        os.unlink(partial.name)
+        raise ValueError(f"{url} has SHA-256 {digest.hexdigest()}, expected {sha256}; nothing was written")
+    os.replace(partial.name, destination)
+    return destination
+
+
+def setup_spice() -> None:
+    """Fetches Stanford CoreNLP 3.6.0 for SPICE with pycocoevalcap's `get_stanford_models`."""
+    if not missing_spice_files():
+        return
+    from pycocoevalcap.spice.get_stanford_models import get_stanford_models
+
+    get_stanford_models()
+
+
+def _download_repo_files(repo_id: str, local_dir: Path, allow_patterns: list[str]) -> None:
+    snapshot_download(repo_id, local_dir=local_dir, allow_patterns=allow_patterns)
+    # snapshot_download leaves its bookkeeping next to the files; the cache holds only what loading reads.
+    shutil.rmtree(local_dir / ".cache", ignore_errors=True)
+
+
+def setup_sentence_bert(cache_dir: str | os.PathLike) -> None:
+    """Fetches `paraphrase-TinyBERT-L6-v2` into the metrics cache."""
+    if missing_sbert_files(cache_dir):
+        _download_repo_files(SBERT_REPO_ID, sbert_dir(cache_dir), SBERT_FILES)
+
+
+def setup_fense(cache_dir: str | os.PathLike) -> None:
+    """Fetches FENSE's fluency-error detector and its BERT's configuration and tokenizer into the metrics cache."""
+    if not fense_checkpoint_path(cache_dir).is_file():
+        download_file(FENSE_CHECKPOINT_URL, fense_checkpoint_path(cache_dir), FENSE_CHECKPOINT_SHA256)
+    if missing_fense_files(cache_dir):
+        _download_repo_files(FENSE_ENCODER_REPO_ID, fense_encoder_dir(cache_dir), FENSE_ENCODER_FILES)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the setup command (shared by `blap setup-metrics`)."""
+    parser.add_argument("--cache-dir", type=Path, help=f"metrics cache (default: {default_cache_dir()})")
+    parser.add_argument("--skip-spice", action="store_true", help="do not fetch Stanford CoreNLP for SPICE")
+    parser.add_argument("--skip-fense", action="store_true", help="do not fetch the Sentence-BERT and FENSE models")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetches what is missing, as the parsed options say; returns the exit status."""
+    cache_dir = default_cache_dir() if args.cache_dir is None else args.cache_dir
+    if not args.skip_spice:
+        setup_spice()
+        print("SPICE: Stanford CoreNLP 3.6.0 is in place.")
+    if not args.skip_fense:
+        setup_sentence_bert(cache_dir)
+        setup_fense(cache_dir)
+        print(f"Sentence-BERT and FENSE: models are in {cache_dir}.")
+        if Path(cache_dir) != default_cache_dir():
+            print(f"Set BLAP_METRICS_CACHE={cache_dir} (or pass cache_dir=...) when computing the metrics.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformers_blap.evaluation.setup_metrics",
+        description="Fetch what SPICE, Sentence-BERT similarity and FENSE need (needs network, run once).",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

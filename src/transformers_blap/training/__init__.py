@@ -1,0 +1,56 @@
+"""Training BLAP: data collation, caption augmentation, caption datasets and the stage-1 / stage-2 trainers."""
+
+from .augmentation import (
+    STAGE1_FIRST_WORD_DROP_PROBABILITY,
+    STAGE2_DROPPED_PHRASES,
+    STAGE2_PHRASE_DROP_PROBABILITY,
+    FirstWordDropping,
+    PhraseDropping,
+)
+from .collator import AudioCaptionBatch, AudioCaptionPreparer, BlapDataCollator, as_caption_list
+from .data import caption_dataset, load_caption_dataset, load_caption_file, resolve_caption_columns
+from .model_card import render_stage2_model_card, training_card_sections
+from .stage2 import (
+    LORA_TARGET_MODULES,
+    BlapStage2Trainer,
+    BlapStage2TrainingArguments,
+    add_lora,
+    configure_stage2_trainable,
+    default_caption_metrics,
+    has_lora,
+    load_language_model_weights,
+    load_stage2_adapter,
+    load_stage2_model,
+    save_stage2_adapter,
+    warn_if_float16,
+)
+
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "STAGE1_FIRST_WORD_DROP_PROBABILITY",
+    "STAGE2_DROPPED_PHRASES",
+    "STAGE2_PHRASE_DROP_PROBABILITY",
+    "AudioCaptionBatch",
+    "AudioCaptionPreparer",
+    "BlapDataCollator",
+    "BlapStage2Trainer",
+    "BlapStage2TrainingArguments",
+    "FirstWordDropping",
+    "PhraseDropping",
+    "add_lora",
+    "as_caption_list",
+    "caption_dataset",
+    "configure_stage2_trainable",
+    "default_caption_metrics",
+    "has_lora",
+    "load_caption_dataset",
+    "load_caption_file",
+    "load_language_model_weights",
+    "load_stage2_adapter",
+    "load_stage2_model",
+    "render_stage2_model_card",
+    "resolve_caption_columns",
+    "save_stage2_adapter",
+    "training_card_sections",
+    "warn_if_float16",
+]
