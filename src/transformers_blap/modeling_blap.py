@@ -424,7 +424,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         r"""
         Caption audio. Every option of `transformers` generation works (`num_beams`, `do_sample`, `top_p`,
         `max_new_tokens`, `min_length`, `streamer`, a `GenerationConfig`, ...); `self.generation_config` holds BLAP's
-        defaults.
+        defaults. In beam search the T5 encoder and the decoder's cross-attention keys/values are computed once per
+        clip and shared by its beams ([`BlapBeamSearchCache`]); the captions are transformers' own beam search's.
 
         Args:
             input_features (`torch.FloatTensor` of shape `(batch_size, 1, num_frames, num_mel_bins)`).
