@@ -397,6 +397,8 @@ def bench_generate(dims: str, args: argparse.Namespace) -> list[dict]:
         variants = [bf16_baseline, by_name["optimised + bf16"]]
         if args.xl_float32:
             variants = [variants[0], by_name["optimised fp32"], *variants]
+    if args.only:
+        variants = [variants[0], *(v for v in variants[1:] if any(part in v.name for part in args.only))]
     dtypes = sorted({v.dtype for v in variants})
     paths = {dtype: checkpoint(dims, dtype, args.workdir) for dtype in dtypes}
     vocab_size = TEXT_DIMS[dims]["vocab_size"]
@@ -712,6 +714,36 @@ def check_targets(rows: list[dict]) -> dict:
     return targets
 
 
+def format_markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (the README's performance section)."""
+    columns = {
+        "captions_per_s": ("captions/s", "{:.3f}"),
+        "clips_per_s": ("clips/s", "{:.1f}"),
+        "step_s": ("s/step", "{:.2f}"),
+        "load_s": ("load s", "{:.1f}"),
+        "speedup": ("speed-up", "x{:.2f}"),
+        "captions_equal_baseline": ("captions = baseline", "{}"),
+        "peak_rss_gib": ("peak RSS GiB", "{:.2f}"),
+        "weights_gib": ("weights GiB", "{:.2f}"),
+        "peak_rss_over_weights": ("peak RSS / weights", "{:.2f}"),
+        "added_rss_over_weights": ("added RSS / weights", "{:.2f}"),
+        "failed": ("failed", "{}"),
+    }
+    tables = []
+    for kind in dict.fromkeys(row["section"].split(" (")[0] for row in rows):
+        group = [row for row in rows if row["section"].split(" (")[0] == kind]
+        used = [key for key in columns if any(row.get(key) is not None for row in group)]
+        lines = [
+            "| section | variant | " + " | ".join(columns[key][0] for key in used) + " |",
+            "|" + "---|" * (2 + len(used)),
+        ]
+        for row in group:
+            cells = [columns[key][1].format(row[key]) if row.get(key) is not None else "" for key in used]
+            lines.append(f"| {row['section']} | {row['variant']} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def environment() -> dict:
     return {
         "python": platform.python_version(),
@@ -720,6 +752,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "command": " ".join(["python", *sys.argv]),
         "load_average": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -741,6 +774,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=4, help="interleaved generate calls per variant (fastest kept)")
     parser.add_argument("--new-tokens", type=int, default=40, help="tokens per caption (the release: 40)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile row (compiles for minutes)")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="generation rows whose name contains one of these (and the baseline)"
+    )
     parser.add_argument("--xl-float32", action="store_true", help="caption at XL in fp32 too (needs ~12 GB free)")
     parser.add_argument("--xl-dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the 3B checkpoint")
     parser.add_argument("--train-dims", default="base", choices=list(TEXT_DIMS))
@@ -749,7 +785,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true", help="no peak-RSS child processes for generation")
     parser.add_argument("--quick", action="store_true", help="4 clips, 2 repeats, batch-2 training, XL load only")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/blap-benchmark"), help="random checkpoints")
-    parser.add_argument("--output", type=Path, default=None, help="JSON results (default: WORKDIR/results.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON results, and a Markdown table beside it (default: WORKDIR/results.json)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -782,6 +823,7 @@ def main(argv: list[str] | None = None) -> None:
     results["targets"] = check_targets(results["rows"])
     output = args.output or args.workdir / "results.json"
     output.write_text(json.dumps(results, indent=2))
+    output.with_suffix(".md").write_text(format_markdown(results["rows"]) + "\n")
     targets = "\n".join(f"{name}: {figures}" for name, figures in results["targets"].items())
     print(f"\n{format_table(results['rows'])}\n\ntargets:\n{targets}\n\nwritten to {output}")
 
