@@ -314,11 +314,10 @@ def transformers_generate(
     query_output = model.get_qformer_features(input_features=input_features).last_hidden_state
     language_model_inputs = model.language_projection(query_output.to(model.language_projection.weight.dtype))
     inputs_embeds, attention_mask = model._language_model_inputs(language_model_inputs, input_ids, None)
+    generation_config = copy.deepcopy(model.generation_config)
+    model_kwargs = generation_config.update(**options)
     return model.language_model.generate(
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        generation_config=copy.deepcopy(model.generation_config),
-        **options,
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, generation_config=generation_config, **model_kwargs
     )
 
 
