@@ -206,3 +206,22 @@ def test_benchmark_random_checkpoint_loads_completely_sharded_and_untied(tmp_pat
     assert language_model.lm_head.weight.data_ptr() != language_model.shared.weight.data_ptr()
     assert not torch.equal(language_model.lm_head.weight, language_model.shared.weight)
     assert model.language_model.shared.weight.dtype == torch.bfloat16 and model.query_tokens.dtype == torch.float32
+
+
+def test_benchmark_targets_read_off_the_rows():
+    benchmark = _benchmark_module()
+    row = {"section": "generate (base)", "dtype": "float32", "peak_rss_over_weights": 1.2, "added_rss_over_weights": 1}
+    rows = [
+        {**row, "variant": "baseline", "speedup": 1.0, "captions_equal_baseline": True},
+        {**row, "variant": "batched", "speedup": 3.5, "captions_equal_baseline": True},
+        {**row, "variant": "faster, other captions", "speedup": 9.0, "captions_equal_baseline": False},
+        {**row, "variant": "bf16", "dtype": "bfloat16", "speedup": 9.0, "captions_equal_baseline": True},
+        {"section": "generate (base)", "variant": "compiled", "failed": "RuntimeError: no compiler"},
+        {"section": "load (xl, bfloat16)", "variant": "from_pretrained (meta init)", "peak_rss_over_weights": 1.1},
+    ]
+    targets = benchmark.check_targets(rows)
+    throughput = targets["throughput_3x_base_fp32_equal_captions"]
+    assert throughput["variant"] == "batched" and throughput["met"]
+    assert targets["3b_loads_once: load (xl, bfloat16)"]["met"]
+    assert "| generate (base) | compiled |" in benchmark.format_markdown(rows)
+    assert benchmark.peak_rss_bytes() > 0
