@@ -725,6 +725,7 @@ def format_markdown(rows: list[dict]) -> str:
         "load_s": ("load s", "{:.1f}"),
         "speedup": ("speed-up", "x{:.2f}"),
         "captions_equal_baseline": ("captions = baseline", "{}"),
+        "peak_rss_load_gib": ("peak RSS after load GiB", "{:.2f}"),
         "peak_rss_gib": ("peak RSS GiB", "{:.2f}"),
         "weights_gib": ("weights GiB", "{:.2f}"),
         "peak_rss_over_weights": ("peak RSS / weights", "{:.2f}"),
