@@ -19,15 +19,17 @@ Sections (`--sections`):
 How it measures: the machine is shared, so absolute timings are noisy. Timed variants run interleaved in this process
 (every repeat gives each variant one `generate` call on its next batch of clips) and each keeps its fastest call; the
 table reports ratios against the baseline measured the same way, in wall time and in CPU time (all threads), and
-whether each variant's captions equal the baseline's on the clips both captioned. Peak RSS (`ru_maxrss`) is measured
-in a fresh child process per variant, so that variants never contaminate each other. Random checkpoints are written
-once, shard by shard, under `--workdir` and reused.
+whether each variant's captions equal the baseline's on the clips both captioned. Peak RSS (`VmHWM`) is measured in
+a fresh child process per variant, so that variants never contaminate each other. Random checkpoints are written
+once, shard by shard, under `--workdir` and reused (delete them when done: 19 GB with both XL dtypes). The JSON holds
+the command line, the load average and the issue's targets read off the rows; a Markdown table is written beside it.
 
-Usage:
+Usage (the README's performance section lists the runs behind its figures):
 
     PYTHONPATH=src python scripts/benchmark.py --quick                      # base dims, a few minutes on 2 cores
-    PYTHONPATH=src python scripts/benchmark.py --sections generate --dims base xl --clips 8 --repeats 2
-    PYTHONPATH=src python scripts/benchmark.py --sections load --xl-dtype float32
+    PYTHONPATH=src python scripts/benchmark.py --sections features generate --clips 16 --repeats 3
+    PYTHONPATH=src python scripts/benchmark.py --sections generate --dims xl --xl-clips 2 --repeats 2
+    PYTHONPATH=src python scripts/benchmark.py --sections train load --train-dims xl --train-batch 2 --xl-dtype float32
 """
 
 import argparse
