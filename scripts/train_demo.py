@@ -145,20 +145,20 @@ VARIANTS = {
     "ci": Variant(
         train_clips=600,
         test_clips=60,
-        lm_steps=300,
-        stage1_steps=1000,
+        lm_steps=400,
+        stage1_steps=1500,
         stage1_learning_rate=2e-3,
-        stage2_steps=1000,
-        stage2_learning_rate=1e-3,
+        stage2_steps=2000,
+        stage2_learning_rate=2e-3,
     ),
     "full": Variant(
         train_clips=2400,
         test_clips=150,
-        lm_steps=600,
+        lm_steps=1500,
         stage1_steps=5000,
         stage1_learning_rate=2e-3,
-        stage2_steps=3000,
-        stage2_learning_rate=1e-3,
+        stage2_steps=5000,
+        stage2_learning_rate=2e-3,
     ),
 }
 
@@ -183,7 +183,9 @@ def pretrain_language_model(
 ) -> float:
     """
     Teach a fresh T5 the language of the captions from text alone: the encoder reads the caption's words shuffled,
-    with a fifth of them dropped, followed by the prompt; the decoder writes the caption.
+    each dropped with a probability drawn per caption from [0, 1), followed by the prompt; the decoder writes the
+    caption. It learns both to follow the words it is given and to write a plausible caption from few or none, which
+    is what stage 2 needs from a frozen language model.
 
     Returns:
         `float`: the mean loss of the last 20 steps.
@@ -199,7 +201,8 @@ def pretrain_language_model(
         for caption in batch:
             words = caption.rstrip(".").replace(",", "").split()
             rng.shuffle(words)
-            kept = [word for word in words if rng.random() > 0.2] or words[:1]
+            drop = rng.random()
+            kept = [word for word in words if rng.random() >= drop]
             sources.append(" ".join(kept) + " " + PROMPT)
         inputs = tokenizer(sources, padding=True, return_tensors="pt")
         targets = tokenizer(batch, padding=True, return_tensors="pt")
