@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import BertConfig, T5Config
+from transformers import BertConfig, T5Config, pipeline
 
 from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.conversion import ConversionError, convert_htsat_state_dict, htsat_config_from_state_dict
@@ -236,6 +236,15 @@ def test_converted_model_generates_the_original_captions(converted, reference):
     assert ids_until_eos(generated, eos) == ids_until_eos(reference["tensors"]["generated_ids"], eos)
     texts = processor.batch_decode(generated, skip_special_tokens=True)
     assert texts == reference["info"]["generated_text"]
+
+
+def test_pipeline_on_the_converted_folder_gives_the_original_captions(converted_dir, reference, fixture_dir):
+    captioner = pipeline("audio-to-text", model=str(converted_dir))
+    paths = [str(fixture_dir / path) for path in reference["info"]["audio_files"]]
+    results = captioner(paths, batch_size=2, **reference["info"]["generate"])
+    assert [result[0]["generated_text"] for result in results] == reference["info"]["generated_text"]
+    assert all(result[0]["windows"] == [{"start": 0.0, "end": 10.0, "caption": result[0]["generated_text"]}]
+               for result in results)  # fmt: skip
 
 
 def test_generate_defaults_to_the_release_usage_example(converted, converted_outputs, monkeypatch):

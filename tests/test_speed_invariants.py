@@ -1,6 +1,9 @@
 """What the speed work must not change: captions, gradients, and what is computed once per clip."""
 
 import copy
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from transformers_blap.modeling_blap import BlapBeamSearchCache
 
 from tiny import TINY_QFORMER, TINY_TEXT, tiny_config, tiny_processor
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {
     "qformer_config": {**TINY_QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
     "text_config": {**TINY_TEXT, "dropout_rate": 0.0},
@@ -176,3 +180,29 @@ def test_generation_config_object_takes_the_same_path(processor):
     with torch.no_grad():
         expected = _plain_generate(model, inputs, generation_config=config)
     assert torch.equal(model.generate(**inputs, generation_config=config), expected)
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_random_checkpoint_loads_completely_sharded_and_untied(tmp_path):
+    benchmark = _benchmark_module()
+    config = tiny_config()
+    path = benchmark.write_random_checkpoint(config, tmp_path / "ckpt", torch.bfloat16, max_shard_bytes=20_000)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and all((path / shard).is_file() for shard in shards)
+    assert shards[-1].endswith(f"-of-{len(shards):05d}.safetensors")
+    model = benchmark.load_model(path, "bfloat16")  # raises on any missing, unexpected or mismatched weight
+    fresh = BlapForConditionalGeneration(config)
+    for name, buffer in fresh.named_buffers():
+        if not buffer.is_floating_point():  # HTS-AT's relative_position_index must be the real one
+            assert torch.equal(model.get_buffer(name), buffer), name
+    language_model = model.language_model
+    assert language_model.lm_head.weight.data_ptr() != language_model.shared.weight.data_ptr()
+    assert not torch.equal(language_model.lm_head.weight, language_model.shared.weight)
+    assert model.language_model.shared.weight.dtype == torch.bfloat16 and model.query_tokens.dtype == torch.float32

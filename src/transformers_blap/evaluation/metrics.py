@@ -23,11 +23,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor.meteor import Meteor
-from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+try:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+except ImportError:  # the `eval` extra is not installed: `_require_pycocoevalcap` says so when a metric is asked for
+    Bleu = Cider = Meteor = Rouge = PTBTokenizer = None
 
 from .fense import BertFluencyErrorDetector, FluencyErrorDetector, SentenceEncoder, SentenceTransformerEncoder
 from .fense import sentence_scores as _sentence_scores
@@ -104,6 +108,13 @@ def check_captions(
     return clean_predictions, clean_references
 
 
+def _require_pycocoevalcap() -> None:
+    if PTBTokenizer is None:
+        raise ImportError(
+            "The caption metrics need pycocoevalcap, which is not installed: pip install 'transformers_blap[eval]'."
+        )
+
+
 def ptb_tokenize(captions: Sequence[Sequence[str]]) -> dict[int, list[str]]:
     """
     Tokenizes captions with pycocoevalcap's Stanford PTBTokenizer (lower case, punctuation tokens dropped).
@@ -115,6 +126,7 @@ def ptb_tokenize(captions: Sequence[Sequence[str]]) -> dict[int, list[str]]:
         `dict[int, list[str]]`: clip index -> tokenized captions joined by spaces, the format pycocoevalcap's scorers
         take.
     """
+    _require_pycocoevalcap()
     require_java()
     tokenized = PTBTokenizer().tokenize(
         {index: [{"caption": caption} for caption in clip] for index, clip in enumerate(captions)}

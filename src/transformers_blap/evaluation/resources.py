@@ -31,7 +31,11 @@ FENSE_CHECKPOINT_SHA256 = "1a719f090af70614bbdb9f9437530b7e133c48cfa4a58d964de0d
 FENSE_ENCODER_REPO_ID = "google-bert/bert-base-uncased"
 FENSE_ENCODER_NAME = "bert-base-uncased"
 
-SPICE_DIR = Path(importlib.util.find_spec("pycocoevalcap.spice").origin).resolve().parent
+# pycocoevalcap's SPICE folder, where its setup puts CoreNLP (a path that does not exist without the `eval` extra,
+# so the SPICE files are then reported missing).
+_PYCOCOEVALCAP = importlib.util.find_spec("pycocoevalcap")  # a namespace package: no origin, one search location
+_PYCOCOEVALCAP_DIR = next(iter(_PYCOCOEVALCAP.submodule_search_locations)) if _PYCOCOEVALCAP else "pycocoevalcap"
+SPICE_DIR = Path(_PYCOCOEVALCAP_DIR).resolve() / "spice"
 SPICE_JAR = SPICE_DIR / "spice-1.0.jar"
 CORENLP_JARS = (
     SPICE_DIR / "lib" / "stanford-corenlp-3.6.0.jar",

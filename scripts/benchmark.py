@@ -1,0 +1,712 @@
+#!/usr/bin/env python
+"""
+Speed and memory of BLAP on this machine: every optimisation against the baseline, in one run.
+
+Sections (`--sections`):
+
+- `features`: `BlapFeatureExtractor` against `transformers.ClapFeatureExtractor` (`scripts/benchmark_features.py`).
+- `generate`: captions per second and peak RSS at the real architecture (HTS-AT tiny + BERT-base Q-Former + Flan-T5
+  `--dims base` and/or `xl`), random weights, the release's settings (10 beams, 40 new tokens; `min_new_tokens` =
+  `max_new_tokens` so every caption has the same length). The baseline is fp32, eager attention, one clip at a time
+  through transformers' own `generate` on the T5 (what BLAP's `generate` did before this work); each optimisation is
+  a row of its own.
+- `train`: a stage-2 training step (`set_stage2_trainable()`: frozen HTS-AT and T5) with activation checkpointing
+  off and on.
+- `load`: `from_pretrained` of the Flan-T5-XL-dims ("3B") checkpoint: time and peak RSS against the weights' size,
+  and, at base dims, the naive "build the model, then `load_state_dict`" for comparison.
+
+How it measures: the machine is shared, so absolute timings are noisy. Timed variants run interleaved in this process
+(every repeat gives each variant one `generate` call on its next batch of clips) and each keeps its fastest call; the
+table reports ratios against the baseline measured the same way, in wall time and in CPU time (all threads), and
+whether each variant's captions equal the baseline's on the clips both captioned. Peak RSS (`ru_maxrss`) is measured
+in a fresh child process per variant, so that variants never contaminate each other. Random checkpoints are written
+once, shard by shard, under `--workdir` and reused.
+
+Usage:
+
+    PYTHONPATH=src python scripts/benchmark.py --quick                      # base dims, a few minutes on 2 cores
+    PYTHONPATH=src python scripts/benchmark.py --sections generate --dims base xl --clips 8 --repeats 2
+    PYTHONPATH=src python scripts/benchmark.py --sections load --xl-dtype float32
+"""
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Blip2QFormerModel, ClapAudioModel, CompileConfig, T5Config
+from transformers import __version__ as transformers_version
+
+from transformers_blap import BlapConfig, BlapFeatureExtractor, BlapForConditionalGeneration
+from transformers_blap.configuration_blap import FLAN_T5_XL
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+FLAN_T5_BASE = {
+    **FLAN_T5_XL,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+}
+TEXT_DIMS = {"base": FLAN_T5_BASE, "xl": FLAN_T5_XL}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# The release's generation settings, lengths pinned so that every variant decodes the same number of steps.
+RELEASE_GENERATION = {"num_beams": 10, "max_new_tokens": 40, "min_new_tokens": 40}
+PROMPT_LENGTH = (
+    18  # "Provide a music caption for this audio clip. Do not mention audio quality" + </s> in Flan-T5 tokens
+)
+CLIP_SECONDS = 10
+# Embeddings tied to `language_model.shared`: `save_pretrained` does not store them.
+TIED_KEYS = {"language_model.encoder.embed_tokens.weight", "language_model.decoder.embed_tokens.weight"}
+
+
+def blap_config(dims: str) -> BlapConfig:
+    """HTS-AT tiny + BERT-base Q-Former (BlapConfig's defaults) + Flan-T5 `dims`."""
+    return BlapConfig(text_config=dict(TEXT_DIMS[dims]))
+
+
+# --------------------------------------------------------------------------------------------- random checkpoints
+
+
+def _t5_random_tensor(name: str, shape: torch.Size, config: T5Config, generator: torch.Generator) -> torch.Tensor:
+    """
+    One T5 weight drawn as `T5PreTrainedModel._init_weights` draws it, except `lm_head`: T5 copies it from the
+    embeddings (std 1), which makes a random model repeat its decoder input token forever; an independent
+    N(0, d_model^-0.5) head gives captions that vary with the audio, so that caption equality means something.
+    """
+    if name.endswith("layer_norm.weight"):
+        return torch.ones(shape)
+    d_model, d_kv, d_ff, heads = config.d_model, config.d_kv, config.d_ff, config.num_heads
+    stds = {
+        "shared.weight": 1.0,
+        "lm_head.weight": d_model**-0.5,
+        ".q.weight": (d_model * d_kv) ** -0.5,
+        ".k.weight": d_model**-0.5,
+        ".v.weight": d_model**-0.5,
+        ".o.weight": (heads * d_kv) ** -0.5,
+        "relative_attention_bias.weight": d_model**-0.5,
+        ".wi_0.weight": d_model**-0.5,
+        ".wi_1.weight": d_model**-0.5,
+        ".wo.weight": d_ff**-0.5,
+    }
+    std = next((std for suffix, std in stds.items() if name.endswith(suffix)), None)
+    if std is None:
+        raise KeyError(f"no initialiser for the T5 weight {name}")
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+
+def random_state_dict(config: BlapConfig, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """
+    Every stored tensor of a randomly initialised `BlapForConditionalGeneration`, one at a time, so that a 3B
+    checkpoint is written without ever holding the whole model in memory: HTS-AT and the Q-Former are built for real
+    (0.5 GB; buffers such as `relative_position_index` must be exact), the T5 tensors are drawn one by one.
+
+    Yields:
+        `(name, tensor)` in the model's `state_dict` order, float32 (integer buffers keep their dtype), without the
+        embeddings tied to `language_model.shared`.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {name: tensor.shape for name, tensor in BlapForConditionalGeneration(config).state_dict().items()}
+    small_parts = {
+        "audio_encoder.": ClapAudioModel._from_config(config.audio_config).state_dict(),
+        "qformer.": Blip2QFormerModel._from_config(config.qformer_config).state_dict(),
+    }
+    for name, shape in shapes.items():
+        if name in TIED_KEYS:
+            continue
+        prefix = next((prefix for prefix in small_parts if name.startswith(prefix)), None)
+        if prefix is not None:
+            tensor = small_parts[prefix][name[len(prefix) :]]
+        elif name.startswith("language_model."):
+            tensor = _t5_random_tensor(name, shape, config.text_config, generator)
+        elif name.startswith("audio_layernorm."):
+            tensor = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+        elif name.endswith("bias"):
+            tensor = torch.zeros(shape)
+        else:  # query_tokens, language_projection.weight
+            tensor = torch.empty(shape).normal_(0.0, config.initializer_range, generator=generator)
+        if tensor.shape != shape:
+            raise RuntimeError(f"{name}: drew {tuple(tensor.shape)}, the model has {tuple(shape)}")
+        yield name, tensor
+
+
+def write_random_checkpoint(
+    config: BlapConfig, path: Path, dtype: torch.dtype, max_shard_bytes: int = 2 * 1024**3, seed: int = 0
+) -> Path:
+    """
+    Write a random BLAP checkpoint in `save_pretrained`'s layout (sharded safetensors + index + config), holding at
+    most one shard in memory. Reused when `path` already holds a complete one.
+
+    Returns:
+        `Path`: `path`.
+    """
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    weight_map, shard, shard_bytes, shard_names, total_bytes = {}, {}, 0, [], 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes
+        shard_name = f"model-{len(shard_names) + 1:05d}.safetensors"
+        save_file(shard, path / shard_name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, shard_name))
+        shard_names.append(shard_name)
+        shard, shard_bytes = {}, 0
+
+    for name, tensor in random_state_dict(config, seed):
+        # Integer buffers (HTS-AT's relative_position_index, BatchNorm's counter) keep their dtype.
+        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        size = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + size > max_shard_bytes:
+            flush()
+        shard[name] = tensor.contiguous()
+        shard_bytes += size
+        total_bytes += size
+    flush()
+    # Name the shards as save_pretrained does, now that their number is known.
+    renames = {
+        old: f"model-{i:05d}-of-{len(shard_names):05d}.safetensors" for i, old in enumerate(shard_names, start=1)
+    }
+    for old, new in renames.items():
+        (path / old).rename(path / new)
+    config.save_pretrained(path)
+    index = {
+        "metadata": {"total_size": total_bytes},
+        "weight_map": {name: renames[shard] for name, shard in sorted(weight_map.items())},
+    }
+    index_file.write_text(json.dumps(index, indent=2))
+    return path
+
+
+def checkpoint(dims: str, dtype: str, workdir: Path) -> Path:
+    """The random checkpoint at `dims` in `dtype`, written on first use."""
+    return write_random_checkpoint(blap_config(dims), workdir / f"blap-{dims}-{dtype}", DTYPES[dtype])
+
+
+# -------------------------------------------------------------------------------------------- measuring helpers
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports `ru_maxrss` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by the model's parameters and buffers."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def run_child(task: dict) -> dict:
+    """Run `task` in a fresh Python process (see `child_main`) and return the JSON it prints last."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(task)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0:
+        raise RuntimeError(f"child {task['kind']} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def random_inputs(num_clips: int, vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.LongTensor]:
+    """
+    Log-mel of `num_clips` 10 s noise clips from `BlapFeatureExtractor` and a prompt of the release's length.
+
+    The prompt's ids are drawn at random (the Flan-T5 tokenizer is not needed to time the model).
+
+    Returns:
+        `input_features` of shape `(num_clips, 1, 1001, 64)` and `input_ids` of shape `(num_clips, PROMPT_LENGTH)`.
+    """
+    rng = np.random.default_rng(seed)
+    extractor = BlapFeatureExtractor()
+    audio = [0.1 * rng.standard_normal(extractor.sampling_rate * CLIP_SECONDS, dtype=np.float32) for _ in range(4)]
+    features = extractor(audio, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
+    features = features.repeat((num_clips + 3) // 4, 1, 1, 1)[:num_clips]
+    # Repeated noise must still give different clips: shift each clip's loudness.
+    features = features + torch.arange(num_clips, dtype=features.dtype).view(-1, 1, 1, 1)
+    prompt = torch.from_numpy(rng.integers(3, vocab_size, PROMPT_LENGTH - 1))
+    input_ids = torch.cat([prompt, torch.tensor([1])]).expand(num_clips, -1).clone()
+    return features, input_ids
+
+
+# ------------------------------------------------------------------------------------------------- (b) generation
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of captioning. `attn_implementation` applies to the Q-Former and the T5 (HTS-AT has eager only)."""
+
+    name: str
+    attn_implementation: str = "sdpa"
+    dtype: str = "float32"
+    batch_size: int = 1
+    blap_generate: bool = True  # BlapForConditionalGeneration.generate; False: transformers' T5 generate, as before
+    inference_mode: bool = False
+    cache_implementation: str | None = None
+    compile: bool = False
+
+
+def generation_variants(num_clips: int, with_compile: bool) -> list[Variant]:
+    """The baseline first, then each optimisation; the row that the fp32 caption-equality claim is about is
+    `optimised fp32`."""
+    batch = num_clips
+    variants = [
+        Variant("baseline: fp32 eager, 1 clip, T5 generate", attn_implementation="eager", blap_generate=False),
+        Variant("SDPA attention", blap_generate=False),
+        Variant("SDPA + encoder & cross-attn K/V once per clip"),
+        Variant(f"SDPA + batch {batch} clips x 10 beams", batch_size=batch, blap_generate=False),
+        Variant("optimised fp32", batch_size=batch, inference_mode=True),
+        Variant("optimised + bf16", dtype="bfloat16", batch_size=batch, inference_mode=True),
+        Variant(f"static cache, batch {batch}", batch_size=batch, cache_implementation="static", inference_mode=True),
+    ]
+    if with_compile:
+        variants.append(
+            Variant(
+                f"static cache + torch.compile, batch {batch}",
+                batch_size=batch,
+                cache_implementation="static",
+                compile=True,
+                inference_mode=True,
+            )
+        )
+    return variants
+
+
+def set_attention(model: BlapForConditionalGeneration, implementation: str) -> None:
+    """Switch the Q-Former's and the T5's attention; HTS-AT (ClapAudioModel) only has eager attention."""
+    if model.language_model.config._attn_implementation != implementation:
+        model.set_attn_implementation({"qformer_config": implementation, "text_config": implementation})
+
+
+def transformers_generate(
+    model: BlapForConditionalGeneration, input_features: torch.Tensor, input_ids: torch.LongTensor, **options
+) -> torch.LongTensor:
+    """BLAP's generation before this work: the projected queries and the prompt go to the T5's own `generate`."""
+    query_output = model.get_qformer_features(input_features=input_features).last_hidden_state
+    language_model_inputs = model.language_projection(query_output.to(model.language_projection.weight.dtype))
+    inputs_embeds, attention_mask = model._language_model_inputs(language_model_inputs, input_ids, None)
+    return model.language_model.generate(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        generation_config=copy.deepcopy(model.generation_config),
+        **options,
+    )
+
+
+def caption(
+    model: BlapForConditionalGeneration,
+    variant: Variant,
+    input_features: torch.Tensor,
+    input_ids: torch.LongTensor,
+    **options,
+) -> torch.LongTensor:
+    """Caption all clips, `variant.batch_size` at a time. Returns `(num_clips, 1 + max_new_tokens)` token ids."""
+    if variant.cache_implementation is not None:
+        options["cache_implementation"] = variant.cache_implementation
+    if variant.compile:
+        compile_config = CompileConfig(mode="default", dynamic=False)
+        compile_config._compile_all_devices = True  # transformers compiles on accelerators only unless asked
+        options["compile_config"] = compile_config
+    generate = BlapForConditionalGeneration.generate if variant.blap_generate else transformers_generate
+    context = torch.inference_mode() if variant.inference_mode else torch.no_grad()
+    outputs = []
+    with context:
+        for start in range(0, input_features.shape[0], variant.batch_size):
+            chunk = slice(start, start + variant.batch_size)
+            outputs.append(generate(model, input_features[chunk], input_ids[chunk], **options))
+    return torch.cat(outputs)
+
+
+def load_model(path: Path, dtype: str, attn_implementation: str = "sdpa") -> BlapForConditionalGeneration:
+    """`from_pretrained`, checking that the random checkpoint filled every weight."""
+    model, info = BlapForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype], output_loading_info=True)
+    problems = {key: value for key, value in info.items() if value and key != "error_msgs"}
+    if problems:
+        raise RuntimeError(f"{path} does not match the model: {problems}")
+    set_attention(model, attn_implementation)
+    return model.eval()
+
+
+def generation_memory_child(task: dict) -> dict:
+    """Child process: load, caption one batch of the variant, report peak RSS."""
+    rss_start = peak_rss_bytes()
+    variant = Variant(**task["variant"])
+    input_features, input_ids = random_inputs(variant.batch_size, task["vocab_size"])
+    model = load_model(Path(task["checkpoint"]), variant.dtype, variant.attn_implementation)
+    rss_loaded = peak_rss_bytes()
+    caption(model, variant, input_features, input_ids, **task["options"])
+    return {
+        "weights_bytes": weights_bytes(model),
+        "rss_before_load": rss_start,
+        "rss_peak_load": rss_loaded,
+        "rss_peak": peak_rss_bytes(),
+    }
+
+
+def bench_generate(dims: str, args: argparse.Namespace) -> list[dict]:
+    """Captions/s of every variant (interleaved repeats, fastest kept), caption equality and peak RSS."""
+    options = {**RELEASE_GENERATION, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    num_clips = args.clips if dims == "base" else args.xl_clips
+    variants = generation_variants(num_clips, args.compile)
+    if dims == "xl":
+        # 11 GB of fp32 weights: the fp32 rows only on request (--xl-float32); otherwise a bf16 baseline.
+        by_name = {variant.name: variant for variant in variants}
+        bf16_baseline = Variant("baseline bf16: eager, 1 clip, T5 generate", "eager", "bfloat16", blap_generate=False)
+        variants = [bf16_baseline, by_name["optimised + bf16"]]
+        if args.xl_float32:
+            variants = [variants[0], by_name["optimised fp32"], *variants]
+    dtypes = sorted({v.dtype for v in variants})
+    paths = {dtype: checkpoint(dims, dtype, args.workdir) for dtype in dtypes}
+    vocab_size = TEXT_DIMS[dims]["vocab_size"]
+    input_features, input_ids = random_inputs(num_clips, vocab_size)
+
+    memory = {}
+    if not args.skip_memory:
+        for variant in variants:
+            task = {
+                "kind": "generate_memory",
+                "variant": asdict(variant),
+                "checkpoint": str(paths[variant.dtype]),
+                "vocab_size": vocab_size,
+                "options": options,
+            }
+            memory[variant.name] = run_child(task)
+            print(f"  [{dims}] memory  {variant.name}: {memory[variant.name]['rss_peak'] / 2**30:.2f} GiB", flush=True)
+
+    models = {dtype: load_model(paths[dtype], dtype) for dtype in dtypes}
+    warmup = {}
+    for variant in variants:  # first calls: oneDNN kernel selection, lazy initialisation, compilation
+        model = models[variant.dtype]
+        set_attention(model, variant.attn_implementation)
+        # Two tokens warm everything up, except compilation, which is for the static cache's full length.
+        short = options if variant.compile else {**options, "max_new_tokens": 2, "min_new_tokens": 2}
+        start = time.perf_counter()
+        caption(model, variant, input_features[: variant.batch_size], input_ids[: variant.batch_size], **short)
+        warmup[variant.name] = time.perf_counter() - start
+
+    # Interleaved: each repeat gives every variant one `generate` call on its next `batch_size` clips, so that a burst
+    # of load from other processes hits all variants alike; each variant keeps its fastest call (per caption).
+    wall, cpu = {v.name: [] for v in variants}, {v.name: [] for v in variants}
+    captions: dict[str, dict[int, torch.Tensor]] = {v.name: {} for v in variants}
+    for repeat in range(args.repeats):
+        for variant in variants:
+            model = models[variant.dtype]
+            set_attention(model, variant.attn_implementation)
+            first = (repeat * variant.batch_size) % num_clips
+            clips = slice(first, first + variant.batch_size)
+            wall_start, cpu_start = time.perf_counter(), cpu_seconds()
+            ids = caption(model, variant, input_features[clips], input_ids[clips], **options)
+            wall[variant.name].append((time.perf_counter() - wall_start) / variant.batch_size)
+            cpu[variant.name].append((cpu_seconds() - cpu_start) / variant.batch_size)
+            captions[variant.name].update(enumerate(ids, start=first))
+            print(f"  [{dims}] repeat {repeat + 1} {variant.name}: {wall[variant.name][-1]:.1f} s/caption", flush=True)
+
+    baseline = variants[0].name
+    rows = []
+    for variant in variants:
+        compared = sorted(captions[variant.name].keys() & captions[baseline].keys())
+        row = {
+            "section": f"generate ({dims})",
+            "variant": variant.name,
+            "captions_per_s": 1 / min(wall[variant.name]),
+            "speedup": min(wall[baseline]) / min(wall[variant.name]),
+            "cpu_speedup": min(cpu[baseline]) / min(cpu[variant.name]),
+            "captions_equal_baseline": all(
+                torch.equal(captions[variant.name][i], captions[baseline][i]) for i in compared
+            ),
+            "clips_compared": len(compared),
+            "first_call_s": warmup[variant.name],
+            "wall_s_per_caption": wall[variant.name],
+            "cpu_s_per_caption": cpu[variant.name],
+            **asdict(variant),
+        }
+        if variant.name in memory:
+            rss = memory[variant.name]
+            row["peak_rss_gib"] = rss["rss_peak"] / 2**30
+            row["weights_gib"] = rss["weights_bytes"] / 2**30
+            row["peak_rss_over_weights"] = rss["rss_peak"] / rss["weights_bytes"]
+            row["rss_before_load_gib"] = rss["rss_before_load"] / 2**30
+        if args.new_tokens != RELEASE_GENERATION["max_new_tokens"]:
+            row["section"] += f", {args.new_tokens} tokens"
+        rows.append(row)
+    claimed = [row for row in rows if row["variant"] == "optimised fp32"]
+    if claimed and not claimed[0]["captions_equal_baseline"]:
+        raise AssertionError(f"[{dims}] the optimised fp32 captions differ from the baseline's")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- (c) training
+
+
+def train_child(task: dict) -> dict:
+    """
+    Child process: stage-2 training steps (frozen HTS-AT and T5, AdamW on the rest) at `task["dims"]`, activation
+    checkpointing as `task["checkpointing"]` says (`"on"`, `"off"` or `"alternate"`, which toggles it every step so
+    that both settings are timed interleaved in one process).
+    """
+    torch.manual_seed(0)
+    model = load_model(Path(task["checkpoint"]), "float32")
+    model.set_stage2_trainable()
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    batch = task["batch_size"]
+    input_features, input_ids = random_inputs(batch, model.config.text_config.vocab_size)
+    labels = torch.randint(3, model.config.text_config.vocab_size, (batch, task["label_length"]))
+
+    def step(checkpointing: bool) -> float:
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        else:
+            model.activation_checkpointing_disable()
+        start = time.perf_counter()
+        loss = model(input_features=input_features, input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    settings = {"on": [True], "off": [False], "alternate": [False, True]}[task["checkpointing"]]
+    step(settings[0])  # warm-up: allocator, optimizer state
+    times = {setting: [] for setting in settings}
+    for _ in range(task["steps"]):
+        for setting in settings:
+            times[setting].append(step(setting))
+    return {
+        "step_s": {"on" if setting else "off": values for setting, values in times.items()},
+        "weights_bytes": weights_bytes(model),
+        "rss_peak": peak_rss_bytes(),
+    }
+
+
+def bench_train(args: argparse.Namespace) -> list[dict]:
+    path = checkpoint(args.train_dims, "float32", args.workdir)
+    common = {"kind": "train", "checkpoint": str(path), "batch_size": args.train_batch, "label_length": 32}
+    timing = run_child({**common, "checkpointing": "alternate", "steps": args.train_steps})
+    rows = []
+    for setting in ("off", "on"):
+        memory = run_child({**common, "checkpointing": setting, "steps": 1})
+        seconds = min(timing["step_s"][setting])
+        rows.append(
+            {
+                "section": f"train stage 2 ({args.train_dims})",
+                "variant": f"activation checkpointing {setting}, batch {args.train_batch}",
+                "step_s": seconds,
+                "speedup": min(timing["step_s"]["off"]) / seconds,
+                "peak_rss_gib": memory["rss_peak"] / 2**30,
+                "weights_gib": memory["weights_bytes"] / 2**30,
+                "peak_rss_over_weights": memory["rss_peak"] / memory["weights_bytes"],
+                "seconds": timing["step_s"][setting],
+            }
+        )
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------------- (d) load
+
+
+def load_child(task: dict) -> dict:
+    """Child process: load a checkpoint, `"from_pretrained"` or `"naive"` (build, then `load_state_dict`)."""
+    path = Path(task["checkpoint"])
+    rss_start = peak_rss_bytes()
+    start = time.perf_counter()
+    if task["method"] == "from_pretrained":
+        model = load_model(path, task["dtype"])
+    else:
+        model = BlapForConditionalGeneration(BlapConfig.from_pretrained(path)).to(DTYPES[task["dtype"]])
+        state_dict = {}
+        for shard in sorted(path.glob("*.safetensors")):
+            state_dict.update(load_file(shard))
+        result = model.load_state_dict(state_dict, strict=False)
+        if result.unexpected_keys or not set(result.missing_keys) <= TIED_KEYS:
+            raise RuntimeError(f"{path} does not match the model: {result}")
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "weights_bytes": weights_bytes(model),
+        "rss_before_load": rss_start,
+        "rss_peak": peak_rss_bytes(),
+    }
+
+
+def bench_load(args: argparse.Namespace) -> list[dict]:
+    runs = [("xl", args.xl_dtype, "from_pretrained")]
+    if not args.quick:
+        runs += [("base", "float32", "from_pretrained"), ("base", "float32", "naive")]
+    rows = []
+    for dims, dtype, method in runs:
+        path = checkpoint(dims, dtype, args.workdir)
+        result = run_child({"kind": "load", "checkpoint": str(path), "dtype": dtype, "method": method})
+        weights = result["weights_bytes"]
+        rows.append(
+            {
+                "section": f"load ({dims}, {dtype})",
+                "variant": "from_pretrained (meta init + safetensors)"
+                if method == "from_pretrained"
+                else "naive: random init, then load_state_dict",
+                "load_s": result["seconds"],
+                "weights_gib": weights / 2**30,
+                "peak_rss_gib": result["rss_peak"] / 2**30,
+                "peak_rss_over_weights": result["rss_peak"] / weights,
+                "added_rss_over_weights": (result["rss_peak"] - result["rss_before_load"]) / weights,
+                "rss_before_load_gib": result["rss_before_load"] / 2**30,
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- (a) features
+
+
+def bench_features(args: argparse.Namespace) -> list[dict]:
+    """
+    Runs `scripts/benchmark_features.py` (the audio front end's own benchmark: both extractors alternately in one
+    process, same clips, features compared) and reports its figures as rows of this table.
+    """
+    script = REPO_ROOT / "scripts" / "benchmark_features.py"
+    output = args.workdir / "features.json"
+    num_clips, repeats = (8, 3) if args.quick else (16, 9)
+    command = [sys.executable, str(script), "--num-clips", str(num_clips), "--repeats", str(repeats)]
+    subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
+    result = json.loads(output.read_text())
+    section = f"features ({num_clips} x 10 s)"
+    return [
+        {
+            "section": section,
+            "variant": "transformers.ClapFeatureExtractor (numpy, per clip)",
+            "clips_per_s": num_clips / result["clap_median_s"],
+            "speedup": 1.0,
+        },
+        {
+            "section": section,
+            "variant": "BlapFeatureExtractor (batched torch)",
+            "clips_per_s": num_clips / result["blap_median_s"],
+            "speedup": result["speedup_median"],
+            "max_abs_diff_db": result["max_abs_diff_db"],
+        },
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------- reporting
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per row: the section, the variant and its figures."""
+    figures = {
+        "captions_per_s": "{:.3f} captions/s",
+        "clips_per_s": "{:.1f} clips/s",
+        "step_s": "{:.2f} s/step",
+        "load_s": "{:.1f} s load",
+        "speedup": "x{:.2f}",
+        "cpu_speedup": "CPU-time x{:.2f}",
+        "captions_equal_baseline": "equal={}",
+        "peak_rss_gib": "peak RSS {:.2f} GiB",
+        "weights_gib": "weights {:.2f} GiB",
+        "peak_rss_over_weights": "RSS/weights {:.2f}",
+        "added_rss_over_weights": "added RSS/weights {:.2f}",
+        "first_call_s": "first call {:.1f} s",
+        "max_abs_diff_db": "max |diff| {:.1e} dB",
+    }
+    lines = []
+    for row in rows:
+        values = [fmt.format(row[key]) for key, fmt in figures.items() if row.get(key) is not None]
+        lines.append(f"{row['section']:<24} {row['variant']:<52} " + "  ".join(values))
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers_version,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def child_main(task: dict) -> None:
+    handlers = {"generate_memory": generation_memory_child, "train": train_child, "load": load_child}
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the result line
+        result = handlers[task["kind"]](task)
+    print(json.dumps(result))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=["features", "generate", "train", "load"])
+    parser.add_argument("--dims", nargs="+", default=["base"], choices=list(TEXT_DIMS), help="T5 dims to caption at")
+    parser.add_argument("--clips", type=int, default=8, help="clips, and the batch size of batched rows, at base dims")
+    parser.add_argument("--xl-clips", type=int, default=2, help="clips, and the batch size of batched rows, at XL")
+    parser.add_argument("--repeats", type=int, default=4, help="interleaved generate calls per variant (fastest kept)")
+    parser.add_argument("--new-tokens", type=int, default=40, help="tokens per caption (the release: 40)")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile row (compiles for minutes)")
+    parser.add_argument("--xl-float32", action="store_true", help="caption at XL in fp32 too (needs ~12 GB free)")
+    parser.add_argument("--xl-dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the 3B checkpoint")
+    parser.add_argument("--train-dims", default="base", choices=list(TEXT_DIMS))
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=2)
+    parser.add_argument("--skip-memory", action="store_true", help="no peak-RSS child processes for generation")
+    parser.add_argument("--quick", action="store_true", help="4 clips, 2 repeats, batch-2 training, XL load only")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/blap-benchmark"), help="random checkpoints")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results (default: WORKDIR/results.json)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clips, args.repeats, args.train_batch, args.train_steps = 4, 2, 2, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.child is not None:
+        child_main(json.loads(args.child))
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {"environment": environment(), "rows": []}
+    sections = {
+        "features": lambda: bench_features(args),
+        "generate": lambda: [row for dims in args.dims for row in bench_generate(dims, args)],
+        "train": lambda: bench_train(args),
+        "load": lambda: bench_load(args),
+    }
+    for section in args.sections:
+        print(f"== {section}", flush=True)
+        rows = sections[section]()
+        results["rows"].extend(rows)
+        print(format_table(rows), flush=True)
+    results["environment"]["load_average_end"] = os.getloadavg()
+    output = args.output or args.workdir / "results.json"
+    output.write_text(json.dumps(results, indent=2))
+    print(f"\n{format_table(results['rows'])}\n\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
