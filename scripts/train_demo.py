@@ -124,7 +124,8 @@ NUM_QUERY_TOKENS = 8
 EMBED_DIM = 32
 MAX_TXT_LEN = 32
 # Captions are about 15 tokens: BLAP's defaults (10 beams, at least 30 tokens) are for Flan-T5's long captions.
-DEMO_GENERATION = {"num_beams": 3, "max_new_tokens": 32, "min_length": 0}
+# The stage-1 tokenizer's [DEC] id is no T5 token, and generation without the cache is slow: neither is kept.
+DEMO_GENERATION = {"num_beams": 3, "max_new_tokens": 32, "min_length": 0, "use_cache": True, "bos_token_id": None}
 
 
 @dataclass(frozen=True)
@@ -533,13 +534,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def export_demo(stage2_dir: Path, export_dir: Path) -> None:
-    """The stage-2 model, its generation settings and its processor, without training state, in `export_dir`."""
+    """
+    The stage-2 model, its generation settings and its processor in `export_dir`, without training state and without
+    the Hub remote-code copies of the package's modules (in this repository the package supplies the code; copies
+    would go stale).
+    """
     model = BlapForConditionalGeneration.from_pretrained(stage2_dir)
     processor = BlapProcessor.from_pretrained(stage2_dir)
     if export_dir.exists():
         shutil.rmtree(export_dir)
     model.save_pretrained(export_dir)
     processor.save_pretrained(export_dir)
+    for code_file in export_dir.glob("*.py"):
+        code_file.unlink()
+    for name in ("config.json", "processor_config.json"):
+        path = export_dir / name
+        data = json.loads(path.read_text())
+        for entries in (data, data.get("feature_extractor", {})):
+            entries.pop("auto_map", None)
+            entries.pop("custom_pipelines", None)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(f"Demo checkpoint written to {export_dir}.")
 
 
