@@ -464,6 +464,20 @@ def test_trainer_freezes_the_audio_encoder_on_request(stage1_processor, tmp_path
     assert not torch.equal(after["audio_layernorm.weight"], before["audio_layernorm.weight"])
 
 
+def test_trainer_keeps_the_language_model_special_tokens(stage1_processor, tmp_path):
+    """The stage-1 tokenizer is the Q-Former's: its `[DEC]` bos id must not become the T5 config's (stage 2's)."""
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(_no_dropout_config())
+    names = ("pad_token_id", "bos_token_id", "eos_token_id")
+    before = [getattr(model.config.text_config, name, None) for name in names]
+    assert stage1_processor.tokenizer.bos_token_id not in before
+    trainer = _trainer(tmp_path, model, stage1_processor, _rows(2))
+    trainer.train()
+    trainer.save_model(tmp_path / "saved")
+    for config in (model.config, BlapForRepresentationLearning.from_pretrained(tmp_path / "saved").config):
+        assert [getattr(config.text_config, name, None) for name in names] == before
+
+
 def test_trainer_spec_augment_applies_in_training_only(stage1_processor, tmp_path):
     from transformers_blap.training.stage1 import BlapStage1Collator
 

@@ -71,6 +71,9 @@ RHYTHM_PATTERNS = {
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)
 DRUM_LEVEL = 0.35
+# Notes are held at most this long (then released), so that at any tempo each beat starts a note that is heard as such:
+# legato whole-beat notes at 60 bpm blur the pulse into a drone.
+MAX_NOTE_SECONDS = 0.4
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,7 @@ def render_clip(
             candidates = [i for i, p in enumerate(pitches) if p % 12 in triad]
             position = min(candidates, key=lambda i: (abs(i - position), i))
         frequency = 440.0 * 2 ** ((pitches[position] - 69) / 12)
-        duration = 0.9 * (next_onset - onset) * seconds_per_beat
+        duration = min(0.9 * (next_onset - onset) * seconds_per_beat, MAX_NOTE_SECONDS)
         velocity = (1.0 if on_beat else 0.7) * float(rng.uniform(0.85, 1.0))
         note = velocity * render_note(labels.instrument, frequency, duration, brightness, rng, sampling_rate)
         _add(melody, note, sample_at(onset))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..audio import load_audio
@@ -230,6 +230,23 @@ class BlapStage1TrainingArguments(TrainingArguments):
     )
 
 
+class _KeepLanguageModelSpecialTokens(TrainerCallback):
+    """Puts a text config's pad/bos/eos ids back, or removes them if it had none, at the start of training."""
+
+    NAMES = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+    def __init__(self, text_config):
+        self.text_config = text_config
+        self.ids = {name: getattr(text_config, name) for name in self.NAMES if hasattr(text_config, name)}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for name in self.NAMES:
+            if name in self.ids:
+                setattr(self.text_config, name, self.ids[name])
+            elif hasattr(self.text_config, name):
+                delattr(self.text_config, name)
+
+
 class BlapStage1Trainer(Trainer):
     """
     `Trainer` for [`BlapForRepresentationLearning`].
@@ -240,6 +257,9 @@ class BlapStage1Trainer(Trainer):
     - With `args.spec_augment`, masks stripes of the log-mel after the audio encoder's input BatchNorm in training
       (where LAION CLAP's HTS-AT applies it).
     - Evaluates with the collator's deterministic copy (`BlapStage1Collator.for_evaluation`).
+    - Keeps the language model's special token ids: `Trainer.train` copies the tokenizer's pad/bos/eos ids into
+      `config.get_text_config()`, which is the T5 config that stage 2 will use, but the stage-1 tokenizer is the
+      Q-Former's BERT tokenizer (its bos is `[DEC]`). They are put back before the first step.
 
     The model's `forward` takes no `**kwargs`, so `Trainer` divides each micro-batch's loss by the number of
     gradient-accumulation steps. With plain `TrainingArguments`, the stage-1 options take their defaults.
@@ -249,6 +269,7 @@ class BlapStage1Trainer(Trainer):
         if model is None or not hasattr(model, "set_stage1_trainable"):
             raise TypeError(f"BlapStage1Trainer trains a BlapForRepresentationLearning, got {type(model).__name__}.")
         super().__init__(model, args, *pargs, **kwargs)
+        self.add_callback(_KeepLanguageModelSpecialTokens(model.config.text_config))
         self.can_return_loss = True
         model.set_stage1_trainable(train_audio_encoder=self._option("train_audio_encoder"))
         self._loss_sums: dict[str, torch.Tensor] = {}

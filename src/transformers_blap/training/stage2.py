@@ -8,6 +8,7 @@ Stage 2 (generative training) and fine-tuning of BLAP with the `transformers` Tr
   captions, LoRA-aware saving / loading and a model card with data, hyperparameters and the evaluation table.
 """
 
+import contextlib
 import copy
 import json
 import logging
@@ -88,6 +89,28 @@ def load_language_model_weights(model: BlapForConditionalGeneration, path: str |
         raise RuntimeError("The language model's LM head got tied to its embeddings; BLAP needs it untied.")
 
 
+@contextlib.contextmanager
+def _transformers_loading_report_silenced():
+    """
+    Drop the warnings of transformers' loading report and tied-weights check for the duration of the block. (A filter,
+    not a logger level: transformers runs extra tensor-parallel checks when `modeling_utils`' level is raised.)
+    """
+    loggers = [
+        logging.getLogger(name) for name in ("transformers.utils.loading_report", "transformers.modeling_utils")
+    ]
+    for each in loggers:
+        each.addFilter(_above_warning)
+    try:
+        yield
+    finally:
+        for each in loggers:
+            each.removeFilter(_above_warning)
+
+
+def _above_warning(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.WARNING
+
+
 def load_stage2_model(
     model_name_or_path: str | os.PathLike,
     language_model_name_or_path: str | os.PathLike | None = None,
@@ -115,13 +138,18 @@ def load_stage2_model(
         [`BlapForConditionalGeneration`].
     """
     config = BlapConfig.from_pretrained(model_name_or_path)
+    quiet = contextlib.nullcontext()
     if language_model_name_or_path is not None:
         text_config = T5Config.from_pretrained(language_model_name_or_path)
         text_config.dense_act_fn = "gelu"  # the release runs Flan-T5 with exact GELU
         config.text_config = text_config
-    model, info = BlapForConditionalGeneration.from_pretrained(
-        model_name_or_path, config=config, dtype=dtype, output_loading_info=True
-    )
+        # The language model and projection are expected to be missing from a stage-1 checkpoint: transformers'
+        # load report would list them as a problem. Missing keys are checked below instead.
+        quiet = _transformers_loading_report_silenced()
+    with quiet:
+        model, info = BlapForConditionalGeneration.from_pretrained(
+            model_name_or_path, config=config, dtype=dtype, output_loading_info=True
+        )
     missing_llm = [key for key in info["missing_keys"] if key.startswith("language_model.")]
     if language_model_name_or_path is not None:
         load_language_model_weights(model, language_model_name_or_path)
