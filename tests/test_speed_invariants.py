@@ -146,6 +146,23 @@ def test_optimised_captioning_equals_baseline_in_float32(processor):
     assert torch.equal(actual, torch.stack(expected))
 
 
+@pytest.mark.parametrize(("implementation", "cached_rows"), [("sdpa", 3), ("eager", 3 * 5)])
+def test_cross_attention_keys_are_kept_once_per_clip_with_sdpa(processor, implementation, cached_rows):
+    """SDPA decodes against one copy of the cross-attention keys/values per clip (not per beam); eager repeats them.
+    Either way the captions are plain generation's, and the model's attention setting is left as it was."""
+    model = _model(seed=6, attn_implementation=implementation)
+    prompts = ["Generate an objective music description.", "Describe it.", "A"]  # padded: the mask must be applied
+    inputs = processor(audio=_clips(3, seed=3), sampling_rate=16_000, text=prompts)
+    options = {"num_beams": 5, "max_new_tokens": 8, "min_new_tokens": 8}
+    with torch.no_grad():
+        expected = _plain_generate(model, inputs, **options)
+        actual = model.generate(**inputs, return_dict_in_generate=True, **options)
+    cross_attention = actual.past_key_values.cross_attention_cache
+    assert all(layer.keys.shape[0] == cached_rows for layer in cross_attention.layers)
+    assert torch.equal(actual.sequences, expected)
+    assert model.language_model.decoder.config._attn_implementation == implementation
+
+
 def test_gradient_checkpointing_keeps_stage2_gradients_and_saves_fewer_activations(processor):
     inputs = processor(audio=_clips(2), sampling_rate=16_000, captions=["calm jazz piano", "loud rock guitar"])
 

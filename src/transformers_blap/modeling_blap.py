@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    AttentionInterface,
     AutoConfig,
     BertForMaskedLM,
     BertForPreTraining,
@@ -30,6 +31,8 @@ from transformers import (
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, Seq2SeqLMOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -140,14 +143,72 @@ def untie_lm_head(language_model: T5ForConditionalGeneration) -> None:
 
 class BlapBeamSearchCache(EncoderDecoderCache):
     """
-    The T5 decoder's cache in BLAP's beam search. The cross-attention keys and values are computed once per clip and
-    repeated for its beams ([`BlapForConditionalGeneration.generate`] fills them in before decoding), so they are the
-    same for every beam of a clip; beam search only ever reorders beams within a clip, so reordering leaves them as
-    they are and only the self-attention cache is reordered.
+    The T5 decoder's cache in BLAP's beam search. The cross-attention keys and values are computed once per clip
+    ([`BlapForConditionalGeneration.generate`] fills them in before decoding): kept once per clip for SDPA attention
+    (read by [`beam_grouped_sdpa_attention`]), repeated for the beams otherwise. They are the same for every beam of a
+    clip, and beam search only ever reorders beams within a clip, so reordering leaves them as they are and only the
+    self-attention cache is reordered.
     """
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.self_attention_cache.reorder_cache(beam_idx)
+
+
+BEAM_GROUPED_SDPA = "blap_beam_grouped_sdpa"
+
+
+def beam_grouped_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    transformers' SDPA attention, for a T5 decoder in BLAP's beam search whose cross-attention keys and values are
+    kept once per clip while its queries come once per beam: the beams of a clip are attended as extra query positions
+    of that clip, so the keys and values are never repeated `num_beams` times. Attention where queries and keys have
+    the same batch (self-attention) is plain SDPA.
+
+    Args:
+        query (`torch.FloatTensor` of shape `(batch_size * num_beams, num_heads, query_length, head_dim)`): beams of a
+            clip consecutive, as `generate` expands them.
+        key, value (`torch.FloatTensor` of shape `(batch_size, num_heads, key_length, head_dim)`).
+        attention_mask (`torch.Tensor` of shape `(batch_size * num_beams, 1, 1 or query_length, key_length)`,
+            *optional*): the same for every beam of a clip.
+        position_bias (`torch.FloatTensor` of shape `(1 or batch_size * num_beams, num_heads, query_length,
+            key_length)`, *optional*).
+
+    Returns:
+        `(attn_output, None)`, `attn_output` of shape `(batch_size * num_beams, query_length, num_heads, head_dim)`.
+    """
+    num_beams = query.shape[0] // key.shape[0]
+    if num_beams == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
+    batch_size, num_heads, query_length, head_dim = key.shape[0], *query.shape[1:]
+
+    def per_clip(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """(batch * beams or 1, h, query_length, k) -> (batch or 1, h, beams * query_length or 1, k)."""
+        if tensor is None:
+            return None
+        if tensor.shape[0] > 1:
+            tensor = tensor[::num_beams]
+        return tensor.repeat(1, 1, num_beams, 1) if tensor.shape[2] > 1 else tensor
+
+    query = query.view(batch_size, num_beams, num_heads, query_length, head_dim).transpose(1, 2)
+    query = query.reshape(batch_size, num_heads, num_beams * query_length, head_dim)
+    attn_output, _ = sdpa_attention_forward(
+        module, query, key, value, per_clip(attention_mask), position_bias=per_clip(position_bias), **kwargs
+    )
+    # (batch, beams * query_length, heads, head_dim) -> (batch * beams, query_length, heads, head_dim)
+    return attn_output.reshape(batch_size * num_beams, query_length, num_heads, head_dim), None
+
+
+# SDPA's masks: transformers builds none for an attention implementation without a registered mask function.
+AttentionInterface.register(BEAM_GROUPED_SDPA, beam_grouped_sdpa_attention)
+AttentionMaskInterface.register(BEAM_GROUPED_SDPA, sdpa_mask)
 
 
 class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
@@ -266,6 +327,17 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"`attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has {tuple(input_ids.shape)}."
             )
+
+    def set_attn_implementation(self, attn_implementation: str | dict) -> None:
+        """
+        `PreTrainedModel.set_attn_implementation`, with the T5's encoder and decoder following the text config: their
+        stacks hold copies of it, which transformers 5.23 leaves as they were when the implementation is given per
+        sub-config (`{"text_config": "eager"}`).
+        """
+        super().set_attn_implementation(attn_implementation)
+        implementation = self.language_model.config._attn_implementation
+        for stack in (self.language_model.encoder, self.language_model.decoder):
+            stack.config._attn_implementation = implementation
 
     # ---------------------------------------------------------------- features
 
@@ -468,30 +540,53 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 output_hidden_states=generation_config.output_hidden_states,
                 return_dict=True,
             )
+            # With SDPA the decoder attends the per-clip keys/values directly (`beam_grouped_sdpa_attention`).
+            grouped = self.language_model.decoder.config._attn_implementation == "sdpa"
             model_kwargs["encoder_outputs"] = encoder_outputs
             model_kwargs["past_key_values"] = self._beam_search_cache(
-                encoder_outputs.last_hidden_state, generation_config.num_beams
+                encoder_outputs.last_hidden_state, generation_config.num_beams, repeat=not grouped
             )
+            if grouped:
+                with self._decoder_attention(BEAM_GROUPED_SDPA):
+                    return self.language_model.generate(
+                        attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
+                    )
         else:
             model_kwargs["inputs_embeds"] = inputs_embeds
         return self.language_model.generate(
             attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
         )
 
-    def _beam_search_cache(self, encoder_hidden_states: torch.Tensor, num_beams: int) -> BlapBeamSearchCache:
+    @contextlib.contextmanager
+    def _decoder_attention(self, implementation: str):
+        """Run the T5 decoder's attention with `implementation` inside the block (all its layers share one config)."""
+        decoder_config = self.language_model.decoder.config
+        previous = decoder_config._attn_implementation
+        decoder_config._attn_implementation = implementation
+        try:
+            yield
+        finally:
+            decoder_config._attn_implementation = previous
+
+    def _beam_search_cache(
+        self, encoder_hidden_states: torch.Tensor, num_beams: int, repeat: bool = True
+    ) -> BlapBeamSearchCache:
         """
         A decoder cache whose cross-attention part is already filled: each decoder layer's keys and values are
-        projected from the `batch_size` encoder outputs and repeated for the beams, instead of being projected from
-        `batch_size * num_beams` identical copies at the first decoding step.
+        projected from the `batch_size` encoder outputs, instead of being projected from `batch_size * num_beams`
+        identical copies at the first decoding step.
 
         Args:
             encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, encoder_length, d_model)`): the T5
                 encoder's output, one row per clip.
             num_beams (`int`): beams per clip.
+            repeat (`bool`, *optional*, defaults to `True`): repeat the keys and values for the beams (any attention
+                implementation); `False` keeps them once per clip, for [`beam_grouped_sdpa_attention`].
 
         Returns:
             [`BlapBeamSearchCache`]: cross-attention keys and values of shape
-            `(batch_size * num_beams, num_heads, encoder_length, d_kv)` per layer, an empty self-attention cache.
+            `(batch_size * num_beams, num_heads, encoder_length, d_kv)` per layer (`(batch_size, ...)` without
+            `repeat`), an empty self-attention cache.
         """
         cross_attention = []
         for block in self.language_model.decoder.block:
@@ -499,7 +594,9 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             shape = (*encoder_hidden_states.shape[:-1], -1, attention.key_value_proj_dim)
             keys = attention.k(encoder_hidden_states).view(shape).transpose(1, 2)
             values = attention.v(encoder_hidden_states).view(shape).transpose(1, 2)
-            cross_attention.append((keys.repeat_interleave(num_beams, 0), values.repeat_interleave(num_beams, 0)))
+            if repeat:
+                keys, values = keys.repeat_interleave(num_beams, 0), values.repeat_interleave(num_beams, 0)
+            cross_attention.append((keys, values))
         return BlapBeamSearchCache(DynamicCache(config=self.language_model.config), DynamicCache(cross_attention))
 
     # ---------------------------------------------------------------- training
