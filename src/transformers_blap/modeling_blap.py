@@ -524,6 +524,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         # A model split over devices or offloaded by accelerate moves weights and inputs at the T5 block boundary,
         # so its cross-attention projections cannot be called on their own.
         dispatched = len(set(getattr(self, "hf_device_map", {}).values())) > 1
+        grouped = False
         if (
             generation_config.num_beams > 1
             and generation_config.use_cache is not False
@@ -532,7 +533,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             and not dispatched
         ):
             # Beam search: run the T5 encoder once per clip and project its output into every decoder layer's
-            # cross-attention keys/values once per clip too; `generate` then only repeats them for the beams.
+            # cross-attention keys/values once per clip too. With SDPA the decoder attends them as they are
+            # (`beam_grouped_sdpa_attention`); other attention implementations get them repeated for the beams.
             encoder_outputs = self.language_model.get_encoder()(
                 inputs_embeds=inputs_embeds,
                 attention_mask=encoder_mask,
@@ -540,22 +542,17 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 output_hidden_states=generation_config.output_hidden_states,
                 return_dict=True,
             )
-            # With SDPA the decoder attends the per-clip keys/values directly (`beam_grouped_sdpa_attention`).
             grouped = self.language_model.decoder.config._attn_implementation == "sdpa"
             model_kwargs["encoder_outputs"] = encoder_outputs
             model_kwargs["past_key_values"] = self._beam_search_cache(
                 encoder_outputs.last_hidden_state, generation_config.num_beams, repeat=not grouped
             )
-            if grouped:
-                with self._decoder_attention(BEAM_GROUPED_SDPA):
-                    return self.language_model.generate(
-                        attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
-                    )
         else:
             model_kwargs["inputs_embeds"] = inputs_embeds
-        return self.language_model.generate(
-            attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
-        )
+        with self._decoder_attention(BEAM_GROUPED_SDPA) if grouped else contextlib.nullcontext():
+            return self.language_model.generate(
+                attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
+            )
 
     @contextlib.contextmanager
     def _decoder_attention(self, implementation: str):
