@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser
 
 from transformers_blap import (
@@ -162,3 +163,6 @@ def main(argv: list[str] | None = None) -> BlapStage1Trainer:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    # Under torchrun: leave the process group before exiting (gloo's threads can abort the exit otherwise).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

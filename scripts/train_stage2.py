@@ -270,3 +270,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    # Under torchrun: leave the process group before exiting (gloo's threads can abort the exit otherwise).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import safetensors.torch
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,3 +54,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Under torchrun: leave the process group before exiting (gloo's threads can abort the exit otherwise).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
