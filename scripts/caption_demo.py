@@ -19,11 +19,11 @@ from pathlib import Path
 from transformers import pipeline
 
 import transformers_blap  # noqa: F401  (registers the "audio-to-text" pipeline)
+from transformers_blap.synthetic import ATTRIBUTE_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO_ROOT / "demo" / "blap-synthetic"
 DEMO_AUDIO = REPO_ROOT / "examples" / "demo.flac"
-LABELS = ("instrument", "tempo", "dynamics", "key", "mode", "rhythm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if labels_file.is_file():
             labels = json.loads(labels_file.read_text(encoding="utf-8"))
             record["reference"] = labels["caption"][0]
-            record["labels"] = {name: labels[name] for name in LABELS if name in labels}
+            record["labels"] = {name: labels[name] for name in ATTRIBUTE_CLASSES if name in labels}
         print(json.dumps(record))
     return 0
 
