@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 from transformers import GenerationConfig
+from transformers.cache_utils import DynamicLayer
 
 from transformers_blap import BlapForConditionalGeneration
-from transformers_blap.modeling_blap import BlapBeamSearchCache
+from transformers_blap.modeling_blap import BlapBeamSearchCache, BlapBufferedLayer
 
 from tiny import TINY_QFORMER, TINY_TEXT, tiny_config, tiny_processor
 
@@ -242,3 +243,45 @@ def test_benchmark_targets_read_off_the_rows():
     assert targets["3b_loads_once: load (xl, bfloat16)"]["met"]
     assert "| generate (base) | compiled |" in benchmark.format_markdown(rows)
     assert benchmark.peak_rss_bytes() > 0
+
+
+def test_buffered_self_attention_layer_holds_what_dynamic_layer_holds():
+    """Updates past the capacity, beam reorderings through spare buffers, a batch selection: same keys and values."""
+    generator = torch.Generator().manual_seed(0)
+    buffered, dynamic = BlapBufferedLayer(capacity=3), DynamicLayer()
+    spare = None
+
+    def states(length: int, batch_size: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.randn(batch_size, 2, length, 4, generator=generator) for _ in range(2))
+
+    for step, length in enumerate([2, 1, 1, 1, 1]):  # 6 positions: twice the capacity
+        keys, values = states(length)
+        actual, expected = buffered.update(keys, values), dynamic.update(keys, values)
+        for got, want in zip(actual, expected):
+            assert torch.equal(got, want), step
+        beam_idx = torch.randint(0, 6, (6,), generator=generator)
+        spare = buffered.reorder_cache(beam_idx, spare)
+        dynamic.reorder_cache(beam_idx)
+        assert torch.equal(buffered.keys, dynamic.keys) and torch.equal(buffered.values, dynamic.values)
+    for layer in (buffered, dynamic):
+        layer.batch_select_indices(torch.tensor([0, 2, 5]))
+    keys, values = states(1, batch_size=3)
+    for got, want in zip(buffered.update(keys, values), dynamic.update(keys, values)):
+        assert torch.equal(got, want)
+    assert buffered.get_seq_length() == dynamic.get_seq_length() == 7
+
+
+def test_beam_search_self_attention_cache_is_allocated_once_for_the_caption(processor):
+    """One buffer pair per decoder layer sized for the caption, plus one spare pair that beam reordering rotates."""
+    model = _model(seed=8)
+    inputs = processor(audio=_clips(2), sampling_rate=16_000)
+    output = model.generate(**inputs, num_beams=4, max_new_tokens=7, min_new_tokens=7, return_dict_in_generate=True)
+    cache = output.past_key_values
+    layers = cache.self_attention_cache.layers
+    assert all(isinstance(layer, BlapBufferedLayer) for layer in layers)
+    shape = (2 * 4, TINY_TEXT["num_heads"], 7, TINY_TEXT["d_kv"])
+    assert {tuple(layer.key_buffer.shape) for layer in layers} == {shape}
+    assert all(layer.get_seq_length() == 7 for layer in layers)  # filled: the start token and 6 of the 7 tokens
+    buffers = [tensor for layer in layers for tensor in (layer.key_buffer, layer.value_buffer)]
+    buffers += list(cache._spare_buffers)
+    assert len({tensor.data_ptr() for tensor in buffers}) == 2 * (len(layers) + 1)

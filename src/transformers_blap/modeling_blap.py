@@ -18,6 +18,7 @@ from transformers import (
     BertModel,
     Blip2QFormerConfig,
     Blip2QFormerModel,
+    Cache,
     ClapAudioConfig,
     ClapAudioModel,
     ClapConfig,
@@ -30,6 +31,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import DynamicLayer
 from transformers.generation import GenerationMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -141,17 +143,100 @@ def untie_lm_head(language_model: T5ForConditionalGeneration) -> None:
         language_model.lm_head.weight = nn.Parameter(language_model.shared.weight.detach().clone())
 
 
+class BlapBufferedLayer(DynamicLayer):
+    """
+    A decoder self-attention cache layer for BLAP's beam search: its keys and values live in buffers of `capacity`
+    positions allocated at the first step, `keys`/`values` being views of the filled part, so that attention reads
+    what transformers' `DynamicLayer` would give it. `DynamicLayer` allocates a new, longer copy of every layer's
+    cache at every step (concatenation) and again for every beam reordering; those growing allocations fragment the
+    heap, which held 0.3 GiB more after captioning 8 clips x 10 beams at Flan-T5-base dims. Here a step writes its
+    token in place and a reordering writes into a spare buffer handed over by [`BlapBeamSearchCache`].
+
+    Args:
+        capacity (`int`): positions to allocate: the decoder inputs of the longest caption (`max_new_tokens`); a
+            longer generation moves the cache into larger buffers.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def _allocate(self, capacity: int) -> None:
+        """Move `keys`/`values` (of shape `(batch_size, num_heads, length, head_dim)`) into new buffers."""
+        length = self.keys.shape[-2]
+        self.key_buffer = self.keys.new_empty((*self.keys.shape[:2], capacity, self.keys.shape[-1]))
+        self.value_buffer = self.values.new_empty((*self.values.shape[:2], capacity, self.values.shape[-1]))
+        self.key_buffer[:, :, :length] = self.keys
+        self.value_buffer[:, :, :length] = self.values
+        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            key_states, value_states (`torch.FloatTensor` of shape `(batch_size, num_heads, new_length, head_dim)`).
+
+        Returns:
+            `(keys, values)` of shape `(batch_size, num_heads, cached_length + new_length, head_dim)`.
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
+            self._allocate(self.capacity)
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        # `crop` keeps views of the buffers; `batch_select_indices` and `batch_repeat_interleave` replace them.
+        replaced = self.keys.data_ptr() != self.key_buffer.data_ptr() or self.keys.shape[0] != self.key_buffer.shape[0]
+        if replaced or end > self.key_buffer.shape[-2]:
+            self._allocate(max(end, self.key_buffer.shape[-2]))
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def reorder_cache(
+        self, beam_idx: torch.LongTensor, spare: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """
+        Reorder the beams into `spare` buffers (shaped like this layer's; new ones without), which become this layer's.
+
+        Returns:
+            The buffers given up, to be the next layer's spare (`spare` itself when there was nothing to reorder).
+        """
+        length = self.get_seq_length()
+        if length == 0:
+            return spare
+        if spare is None or spare[0].shape != self.key_buffer.shape or spare[1].shape != self.value_buffer.shape:
+            spare = (torch.empty_like(self.key_buffer), torch.empty_like(self.value_buffer))
+        beam_idx = beam_idx.to(self.keys.device)
+        torch.index_select(self.keys, 0, beam_idx, out=spare[0][:, :, :length])
+        torch.index_select(self.values, 0, beam_idx, out=spare[1][:, :, :length])
+        given_up = (self.key_buffer, self.value_buffer)
+        self.key_buffer, self.value_buffer = spare
+        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+        return given_up
+
+
 class BlapBeamSearchCache(EncoderDecoderCache):
     """
     The T5 decoder's cache in BLAP's beam search. The cross-attention keys and values are computed once per clip
     ([`BlapForConditionalGeneration.generate`] fills them in before decoding): kept once per clip for SDPA attention
     (read by [`beam_grouped_sdpa_attention`]), repeated for the beams otherwise. They are the same for every beam of a
     clip, and beam search only ever reorders beams within a clip, so reordering leaves them as they are and only the
-    self-attention cache is reordered.
+    self-attention cache ([`BlapBufferedLayer`]s) is reordered, each layer into the buffers the previous layer gave up:
+    one spare layer's worth of memory for the whole reordering, no allocation.
     """
 
+    def __init__(self, self_attention_cache: Cache, cross_attention_cache: Cache):
+        super().__init__(self_attention_cache, cross_attention_cache)
+        self._spare_buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.self_attention_cache.reorder_cache(beam_idx)
+        spare = self._spare_buffers
+        for layer in self.self_attention_cache.layers:
+            spare = layer.reorder_cache(beam_idx, spare)
+        self._spare_buffers = spare
 
 
 BEAM_GROUPED_SDPA = "blap_beam_grouped_sdpa"
@@ -544,8 +629,10 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             )
             grouped = self.language_model.decoder.config._attn_implementation == "sdpa"
             model_kwargs["encoder_outputs"] = encoder_outputs
+            # The decoder reads the start token and every generated token but the last.
+            caption_length = generation_config.max_new_tokens or generation_config.max_length - 1
             model_kwargs["past_key_values"] = self._beam_search_cache(
-                encoder_outputs.last_hidden_state, generation_config.num_beams, repeat=not grouped
+                encoder_outputs.last_hidden_state, generation_config.num_beams, caption_length, repeat=not grouped
             )
         else:
             model_kwargs["inputs_embeds"] = inputs_embeds
@@ -566,17 +653,19 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             decoder_config._attn_implementation = previous
 
     def _beam_search_cache(
-        self, encoder_hidden_states: torch.Tensor, num_beams: int, repeat: bool = True
+        self, encoder_hidden_states: torch.Tensor, num_beams: int, caption_length: int, repeat: bool = True
     ) -> BlapBeamSearchCache:
         """
         A decoder cache whose cross-attention part is already filled: each decoder layer's keys and values are
         projected from the `batch_size` encoder outputs, instead of being projected from `batch_size * num_beams`
-        identical copies at the first decoding step.
+        identical copies at the first decoding step. Its self-attention part is allocated at the first step for
+        `caption_length` positions ([`BlapBufferedLayer`]).
 
         Args:
             encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, encoder_length, d_model)`): the T5
                 encoder's output, one row per clip.
             num_beams (`int`): beams per clip.
+            caption_length (`int`): decoder positions the self-attention cache is allocated for.
             repeat (`bool`, *optional*, defaults to `True`): repeat the keys and values for the beams (any attention
                 implementation); `False` keeps them once per clip, for [`beam_grouped_sdpa_attention`].
 
@@ -594,7 +683,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             if repeat:
                 keys, values = keys.repeat_interleave(num_beams, 0), values.repeat_interleave(num_beams, 0)
             cross_attention.append((keys, values))
-        return BlapBeamSearchCache(DynamicCache(config=self.language_model.config), DynamicCache(cross_attention))
+        self_attention = Cache(layers=[BlapBufferedLayer(caption_length) for _ in cross_attention])
+        return BlapBeamSearchCache(self_attention, DynamicCache(cross_attention))
 
     # ---------------------------------------------------------------- training
 
@@ -1315,6 +1405,7 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
 
 __all__ = [
     "BlapBeamSearchCache",
+    "BlapBufferedLayer",
     "BlapForConditionalGeneration",
     "BlapForConditionalGenerationModelOutput",
     "BlapForRepresentationLearning",
