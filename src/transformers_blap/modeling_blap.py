@@ -88,6 +88,8 @@ class BlapPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
+    # The same modules again: quantizers (bitsandbytes, ...) leave out `_keep_in_fp32_modules`, not the strict list.
+    _keep_in_fp32_modules = ["query_tokens", "qformer"]
     _no_split_modules = ["ClapAudioLayer", "Blip2QFormerLayer", "T5Block"]
     _skip_keys_device_placement = ["past_key_values"]
 
@@ -538,7 +540,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             )
         audio_embeds = self.get_audio_features(input_features)
         qformer_outputs = self.get_qformer_features(audio_embeds=audio_embeds)
-        query_output = qformer_outputs.last_hidden_state.to(self.language_projection.weight.dtype)
+        query_output = qformer_outputs.last_hidden_state.to(self.language_model.get_input_embeddings().weight.dtype)
         language_model_inputs = self.language_projection(query_output)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
         if decoder_input_ids is None and labels is None:
@@ -601,7 +603,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         self._check_input_features(input_features)
         self._check_prompt(input_ids, attention_mask, input_features.shape[0])
         qformer_outputs = self.get_qformer_features(input_features=input_features)
-        query_output = qformer_outputs.last_hidden_state.to(self.language_projection.weight.dtype)
+        query_output = qformer_outputs.last_hidden_state.to(self.language_model.get_input_embeddings().weight.dtype)
         language_model_inputs = self.language_projection(query_output)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
         generation_config = copy.deepcopy(generation_config or self.generation_config)
