@@ -14,7 +14,8 @@ Sections (`--sections`):
   off and on.
 - `load`: `from_pretrained` of the Flan-T5-XL-dims ("3B") checkpoint: time and peak RSS against the weights' size,
   right after loading (memory-mapped weights are not resident yet) and after reading every weight once; and, at base
-  dims, the naive "build the model, then `load_state_dict`" for comparison.
+  dims, the naive "build the model, then `load_state_dict`" for comparison. `--quantize 8bit 4bit` adds the 3B
+  checkpoint loaded through bitsandbytes (the `quantization` extra; its CPU backend without a GPU).
 
 How it measures: the machine is shared, so absolute timings are noisy. Timed variants run interleaved in this process
 (every repeat gives each variant one `generate` call on its next batch of clips) and each keeps its fastest call; the
@@ -30,6 +31,7 @@ Usage (the README's performance section lists the runs behind its figures):
     PYTHONPATH=src python scripts/benchmark.py --sections features generate --clips 16 --repeats 3
     PYTHONPATH=src python scripts/benchmark.py --sections generate --dims xl --xl-clips 2 --repeats 2
     PYTHONPATH=src python scripts/benchmark.py --sections train load --train-dims xl --train-batch 2 --xl-dtype float32
+    PYTHONPATH=src python scripts/benchmark.py --sections load --xl-dtype float32 --quantize 8bit 4bit
 """
 
 import argparse
@@ -69,6 +71,11 @@ FLAN_T5_BASE = {
 TEXT_DIMS = {"base": FLAN_T5_BASE, "xl": FLAN_T5_XL}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
+# `BitsAndBytesConfig` arguments of the quantized loading rows (`--quantize`).
+QUANTIZATION = {
+    "8bit": {"load_in_8bit": True},
+    "4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.float32},
+}
 # The release's generation settings, lengths pinned so that every variant decodes the same number of steps.
 RELEASE_GENERATION = {"num_beams": 10, "max_new_tokens": 40, "min_new_tokens": 40}
 PROMPT_LENGTH = (
@@ -215,6 +222,16 @@ def peak_rss_bytes() -> int:
     """
     status = Path("/proc/self/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def anonymous_rss_bytes() -> int:
+    """
+    This process's resident anonymous (private) memory now: `RssAnon` of `/proc/self/status`. The rest of the RSS is
+    file pages, such as the memory-mapped checkpoint's, which the kernel can drop and re-read.
+    """
+    status = Path("/proc/self/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("RssAnon:"))
     return int(line.split()[1]) * 1024
 
 
@@ -576,12 +593,20 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
 
 
 def load_child(task: dict) -> dict:
-    """Child process: load a checkpoint, `"from_pretrained"` or `"naive"` (build, then `load_state_dict`)."""
+    """
+    Child process: load a checkpoint, `"from_pretrained"`, `"naive"` (build, then `load_state_dict`), or `"8bit"` /
+    `"4bit"` (`from_pretrained` quantizing through bitsandbytes).
+    """
     path = Path(task["checkpoint"])
     rss_start = peak_rss_bytes()
     start = time.perf_counter()
     if task["method"] == "from_pretrained":
         model = load_model(path, task["dtype"])
+    elif task["method"] in QUANTIZATION:
+        from transformers import BitsAndBytesConfig
+
+        config = BitsAndBytesConfig(**QUANTIZATION[task["method"]])
+        model = BlapForConditionalGeneration.from_pretrained(path, quantization_config=config)
     else:
         model = BlapForConditionalGeneration(BlapConfig.from_pretrained(path)).to(DTYPES[task["dtype"]])
         state_dict = {}
@@ -602,13 +627,20 @@ def load_child(task: dict) -> dict:
         "rss_before_load": rss_start,
         "rss_peak_load": rss_loaded,
         "rss_peak": peak_rss_bytes(),
+        "rss_anonymous_end": anonymous_rss_bytes(),
     }
 
 
 def bench_load(args: argparse.Namespace) -> list[dict]:
-    runs = [("xl", args.xl_dtype, "from_pretrained")]
+    runs = [("xl", args.xl_dtype, "from_pretrained"), *(("xl", args.xl_dtype, bits) for bits in args.quantize)]
     if not args.quick:
         runs += [("base", "float32", "from_pretrained"), ("base", "float32", "naive")]
+    variants = {
+        "from_pretrained": "from_pretrained (meta init + safetensors)",
+        "naive": "naive: random init, then load_state_dict",
+        "8bit": "from_pretrained, bitsandbytes 8-bit (LLM.int8)",
+        "4bit": "from_pretrained, bitsandbytes 4-bit (NF4, fp32 compute)",
+    }
     rows = []
     for dims, dtype, method in runs:
         path = checkpoint(dims, dtype, args.workdir)
@@ -617,15 +649,14 @@ def bench_load(args: argparse.Namespace) -> list[dict]:
         rows.append(
             {
                 "section": f"load ({dims}, {dtype})",
-                "variant": "from_pretrained (meta init + safetensors)"
-                if method == "from_pretrained"
-                else "naive: random init, then load_state_dict",
+                "variant": variants[method],
                 "load_s": result["seconds"],
                 "weights_gib": weights / 2**30,
                 "peak_rss_load_gib": result["rss_peak_load"] / 2**30,
                 "peak_rss_gib": result["rss_peak"] / 2**30,
                 "peak_rss_over_weights": result["rss_peak"] / weights,
                 "added_rss_over_weights": (result["rss_peak"] - result["rss_before_load"]) / weights,
+                "anonymous_rss_end_gib": result["rss_anonymous_end"] / 2**30,
                 "rss_before_load_gib": result["rss_before_load"] / 2**30,
             }
         )
@@ -682,6 +713,7 @@ def format_table(rows: list[dict]) -> str:
         "weights_gib": "weights {:.2f} GiB",
         "peak_rss_over_weights": "RSS/weights {:.2f}",
         "added_rss_over_weights": "added RSS/weights {:.2f}",
+        "anonymous_rss_end_gib": "private RSS at end {:.2f} GiB",
         "first_call_s": "first call {:.1f} s",
         "max_abs_diff_db": "max |diff| {:.1e} dB",
         "failed": "FAILED: {}",
@@ -728,7 +760,7 @@ def check_targets(rows: list[dict]) -> dict:
     if exact:
         targets["throughput_3x_and_rss_1.3x_in_one_configuration"] = {"variants": both, "met": bool(both)}
     for row in rows:
-        if row["section"].startswith("load (xl") and row["variant"].startswith("from_pretrained"):
+        if row["section"].startswith("load (xl") and row["variant"].startswith("from_pretrained (meta"):
             targets[f"3b_loads_once: {row['section']}"] = {
                 "peak_rss_over_weights": row["peak_rss_over_weights"],
                 "met": row["peak_rss_over_weights"] <= 1.3,
@@ -750,6 +782,7 @@ def format_markdown(rows: list[dict]) -> str:
         "weights_gib": ("weights GiB", "{:.2f}"),
         "peak_rss_over_weights": ("peak RSS / weights", "{:.2f}"),
         "added_rss_over_weights": ("added RSS / weights", "{:.2f}"),
+        "anonymous_rss_end_gib": ("private (anonymous) RSS at end GiB", "{:.2f}"),
         "failed": ("failed", "{}"),
     }
     tables = []
@@ -809,6 +842,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--xl-float32", action="store_true", help="caption at XL in fp32, not bf16 (~12 GB)")
     parser.add_argument("--xl-dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the 3B checkpoint")
+    parser.add_argument(
+        "--quantize",
+        nargs="+",
+        default=[],
+        choices=list(QUANTIZATION),
+        help="load rows: the 3B checkpoint quantized by bitsandbytes (the `quantization` extra)",
+    )
     parser.add_argument("--train-dims", default="base", choices=list(TEXT_DIMS))
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=2)
