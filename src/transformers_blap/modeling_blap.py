@@ -190,8 +190,9 @@ class BlapBufferedLayer(DynamicLayer):
         end = start + key_states.shape[-2]
         # `crop` keeps views of the buffers; `batch_select_indices` and `batch_repeat_interleave` replace them.
         replaced = self.keys.data_ptr() != self.key_buffer.data_ptr() or self.keys.shape[0] != self.key_buffer.shape[0]
-        if replaced or end > self.key_buffer.shape[-2]:
-            self._allocate(max(end, self.key_buffer.shape[-2]))
+        capacity = self.key_buffer.shape[-2]
+        if replaced or end > capacity:
+            self._allocate(capacity if end <= capacity else max(end, 2 * capacity))
         self.key_buffer[:, :, start:end] = key_states
         self.value_buffer[:, :, start:end] = value_states
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
