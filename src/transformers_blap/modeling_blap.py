@@ -88,8 +88,8 @@ class BlapPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _keep_in_fp32_modules_strict = ["query_tokens", "qformer"]
-    # The same modules again: quantizers (bitsandbytes, ...) leave out `_keep_in_fp32_modules`, not the strict list.
-    _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    # Quantizers (bitsandbytes, ...) leave out `_keep_in_fp32_modules`, not the strict list: the same modules.
+    _keep_in_fp32_modules = _keep_in_fp32_modules_strict
     _no_split_modules = ["ClapAudioLayer", "Blip2QFormerLayer", "T5Block"]
     _skip_keys_device_placement = ["past_key_values"]
 
