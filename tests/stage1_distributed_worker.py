@@ -84,8 +84,10 @@ def main(out_dir: str, rank: int, world_size: int) -> None:
         if rank == 0:
             grads = {name: param.grad.clone() for name, param in model.module.named_parameters()}
             torch.save({"losses": losses / world_size, "grads": grads}, Path(out_dir) / f"{case}.pt")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    # Only once `main` has returned and freed the DDP model: a reducer freed after the process group drops the group's
+    # last reference, whose destructor then joins gloo's threads while holding the GIL they need (a hang at exit).
+    dist.destroy_process_group()
