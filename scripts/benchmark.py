@@ -215,24 +215,27 @@ def checkpoint(dims: str, dtype: str, workdir: Path) -> Path:
 # -------------------------------------------------------------------------------------------- measuring helpers
 
 
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of `/proc/self/status` (given in KiB), in bytes."""
+    status = Path("/proc/self/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) * 1024
+
+
 def peak_rss_bytes() -> int:
     """
-    This process's peak resident set size so far: `VmHWM` of `/proc/self/status` (KiB). Not `ru_maxrss`: Linux keeps
-    it across `execve`, so a child process started by a large parent would report the parent's size.
+    This process's peak resident set size so far: `VmHWM`. Not `ru_maxrss`: Linux keeps it across `execve`, so a
+    child process started by a large parent would report the parent's size.
     """
-    status = Path("/proc/self/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
+    return _proc_status_bytes("VmHWM")
 
 
 def anonymous_rss_bytes() -> int:
     """
-    This process's resident anonymous (private) memory now: `RssAnon` of `/proc/self/status`. The rest of the RSS is
-    file pages, such as the memory-mapped checkpoint's, which the kernel can drop and re-read.
+    This process's resident anonymous (private) memory now: `RssAnon`. The rest of the RSS is file pages, such as the
+    memory-mapped checkpoint's, which the kernel can drop and re-read.
     """
-    status = Path("/proc/self/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("RssAnon:"))
-    return int(line.split()[1]) * 1024
+    return _proc_status_bytes("RssAnon")
 
 
 def cpu_seconds() -> float:

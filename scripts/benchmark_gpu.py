@@ -30,7 +30,7 @@ from transformers import BitsAndBytesConfig
 from transformers_blap import BlapForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import DTYPES, PROMPT_LENGTH, QUANTIZATION, checkpoint, environment  # noqa: E402
+from benchmark import DTYPES, PROMPT_LENGTH, QUANTIZATION, checkpoint, environment, weights_bytes  # noqa: E402
 
 VARIANTS = ("full", *QUANTIZATION)
 
@@ -71,11 +71,6 @@ def random_inputs(model: BlapForConditionalGeneration, num_clips: int, device: t
     return {"input_features": features.to(device), "input_ids": torch.cat([prompt, eos], dim=1).to(device)}
 
 
-def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, as stored (int8 / packed 4-bit under bitsandbytes)."""
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
-
-
 def decode_step_bytes(model: BlapForConditionalGeneration, num_clips: int, num_beams: int, new_tokens: int) -> int:
     """
     What one decoding step reads: the T5 decoder's weights (embedding lookups aside), the `lm_head`, the
@@ -84,7 +79,7 @@ def decode_step_bytes(model: BlapForConditionalGeneration, num_clips: int, num_b
     """
     language_model = model.language_model
     decoder = language_model.decoder
-    weights = tensor_bytes(decoder) - tensor_bytes(decoder.embed_tokens) + tensor_bytes(language_model.lm_head)
+    weights = weights_bytes(decoder) - weights_bytes(decoder.embed_tokens) + weights_bytes(language_model.lm_head)
     config = language_model.config
     per_position = (
         2 * config.num_decoder_layers * config.num_heads * config.d_kv * language_model.shared.weight.element_size()
@@ -145,7 +140,7 @@ def bench_variant(path: Path, variant: str, args: argparse.Namespace, bandwidth:
     row = {
         "variant": f"{args.dtype}" if variant == "full" else f"{variant} (bitsandbytes, {args.dtype} compute)",
         "load_s": load_s,
-        "weights_gib": tensor_bytes(model) / 2**30,
+        "weights_gib": weights_bytes(model) / 2**30,
         "captions_per_s": args.clips / full,
         "decode_step_ms": None if step_s is None else 1000 * step_s,
         "decode_step_bytes": step_bytes,
