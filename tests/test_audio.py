@@ -81,6 +81,10 @@ def media(tmp_path_factory) -> dict[str, Path]:
     encode_with_pyav(files["m4a"], stereo.mean(axis=1), 44_100, "ipod", "aac")
     files["truncated_mp3"] = root / "truncated.mp3"
     files["truncated_mp3"].write_bytes(files["mp3"].read_bytes()[: files["mp3"].stat().st_size // 2])
+    files["fragment_mp3"] = root / "fragment.mp3"  # the first kilobyte of an MP3: nothing decodable
+    files["fragment_mp3"].write_bytes(files["mp3"].read_bytes()[:1000])
+    files["zero_bytes_wav"] = root / "zero.wav"
+    files["zero_bytes_wav"].write_bytes(b"")
     files["text_wav"] = root / "notes.wav"
     files["text_wav"].write_text("These are my notes, not a recording.\n" * 20)
     files["unknown"] = root / "blob.xyz"
@@ -235,9 +239,11 @@ def test_silence_and_a_short_clip_are_valid_inputs(tmp_path):
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("text_wav", "not a recognised audio file or container"),
-        ("unknown", "not a recognised audio file or container"),
+        ("text_wav", "not audio: not a recognised audio file or container"),
+        ("unknown", "not audio: not a recognised audio file or container"),
         ("truncated_mp3", "truncated"),
+        ("fragment_mp3", "too short to decode: 1000 bytes that begin like an MPEG audio"),
+        ("zero_bytes_wav", r"the file is empty \(0 bytes\)"),
         ("empty_wav", "no audio samples"),
         ("nan_wav", "NaN or Inf samples"),
         ("rate0_wav", "sample rate of 0 Hz"),
@@ -251,6 +257,7 @@ def test_bad_files_raise_a_clear_error_naming_the_file(media, name, reason):
         with pytest.raises(AudioDecodeError, match=reason) as error:
             load_audio(source)
         assert expected_name in str(error.value)
+        assert "\n" not in str(error.value) and "does not exist" not in str(error.value)  # one line, no false cause
         with pytest.raises(AudioDecodeError, match=reason):
             list(iter_windows(source))
 

@@ -14,8 +14,11 @@ Policies (also in the README):
   remainder of at least `min_tail_s` after the last full window gets its own window, aligned to end at the track's end
   (so it is `window_s` of real audio, never a repeat-padded scrap); a shorter remainder is merged into the last window,
   which then runs up to `min_tail_s` longer than `window_s`. A track no longer than one window is one window.
-- **Bad input.** Missing files, non-audio data, unknown containers, streams without audio, truncated files, sample
-  rate 0, empty audio and NaN/Inf samples raise `AudioDecodeError` (a `ValueError`) naming the input and the cause.
+- **Bad input.** Missing files, empty files, non-audio data, unknown containers, streams without audio, fragments too
+  short to decode, truncated files, sample rate 0, empty audio and NaN/Inf samples raise `AudioDecodeError` (a
+  `ValueError`) with one line naming the input and the cause.
+- **Silence.** Audio whose peak stays below `SILENCE_PEAK_DBFS` (-60 dBFS, i.e. |sample| < 0.001) is valid input;
+  the pipeline and `blap caption` flag it `"silent"` in their output.
 
 This module imports only the standard library, numpy, torch, soundfile and soxr (PyAV lazily, for containers
 libsndfile cannot read), so it can ship as Hub remote code beside the feature extractor.
@@ -41,10 +44,21 @@ DEFAULT_WINDOW_S = 10.0
 """BLAP's window in seconds (480,000 samples at 48 kHz)."""
 DEFAULT_MIN_TAIL_S = 3.0
 """A remainder shorter than this after the last full window is merged into it instead of getting its own window."""
+SILENCE_PEAK_DBFS = -60.0
+"""Audio whose peak |sample| stays below this level (dB relative to full scale: 0.001) is flagged "silent"."""
 RESAMPLE_QUALITY = "HQ"
 """soxr quality recipe used for every resampling."""
 
 _BLOCK_FRAMES = 1 << 17  # frames read per block when streaming with soundfile (2.7 s at 48 kHz)
+_FRAGMENT_BYTES = 16_384  # undecodable data of a known format shorter than this is called "too short to decode"
+_AUDIO_MAGIC = {
+    b"RIFF": "a WAV file",
+    b"RF64": "a WAV file",
+    b"fLaC": "a FLAC file",
+    b"OggS": "an OGG file",
+    b"ID3": "an MP3 file",
+    b"FORM": "an AIFF file",
+}
 _MAX_CHANNELS = 64  # a 2-D array with more entries than this on both axes is not (samples, channels) audio
 _INTEGER_SCALE = {
     np.dtype(np.int8): (0.0, 2.0**7),
@@ -650,23 +664,50 @@ def _open_reader(opener: Callable[[], "str | BinaryIO"], name: str) -> "_SoundFi
 
 
 def _unreadable_reason(opener: Callable[[], "str | BinaryIO"], soundfile_error: str, av_error: Exception) -> str:
-    """Explain why neither decoder reads the data, pointing at a zero sample rate in a WAV header if there is one."""
+    """
+    Explain why neither decoder reads the data: empty, a zero sample rate in a WAV header, too short to decode (a
+    fragment of a known format), truncated or corrupt (a known format), or not audio at all.
+    """
     target = opener()
     if isinstance(target, str):
+        size = os.path.getsize(target)
         with open(target, "rb") as handle:
             head = handle.read(64)
     else:
         head = target.read(64)
+        size = len(head) + len(target.read())
+    if size == 0:
+        return "the file is empty (0 bytes)."
     fmt = head.find(b"fmt ")
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE" and 0 <= fmt <= len(head) - 16:
         (rate,) = struct.unpack_from("<I", head, fmt + 12)
         if rate == 0:
             return "its WAV header declares a sample rate of 0 Hz."
+    if "does not exist or is not a regular file" in soundfile_error:  # libsndfile's words for "unknown format"
+        soundfile_error = "format not recognised"
     detail = (getattr(av_error, "strerror", None) or str(av_error)).rstrip(".")
+    decoders = f"libsndfile: {soundfile_error}; FFmpeg: {detail}"
+    known = _audio_signature(head)
+    if known is not None and size < _FRAGMENT_BYTES:
+        return f"too short to decode: {size} bytes that begin like {known} (a fragment or truncated file; {decoders})."
+    if known is not None:
+        return f"it begins like {known} but cannot be decoded: truncated or corrupt ({decoders})."
     return (
-        "not a recognised audio file or container (expected WAV, FLAC, OGG, MP3, M4A/AAC or another format that"
-        f" libsndfile or FFmpeg decodes; libsndfile: {soundfile_error}; FFmpeg: {detail})."
+        "not audio: not a recognised audio file or container (expected WAV, FLAC, OGG, MP3, M4A/AAC or another format"
+        f" that libsndfile or FFmpeg decodes; {decoders})."
     )
+
+
+def _audio_signature(head: bytes) -> str | None:
+    """The audio format whose magic bytes `head` starts with, if any."""
+    for magic, known in _AUDIO_MAGIC.items():
+        if head.startswith(magic):
+            return known
+    if head[4:8] == b"ftyp":
+        return "an MP4/M4A file"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio frame sync
+        return "an MPEG audio (MP3/AAC) stream"
+    return None
 
 
 def _resampled_blocks(blocks: Iterator[np.ndarray], orig_rate: int, target_rate: int) -> Iterator[np.ndarray]:
@@ -716,6 +757,7 @@ __all__ = [
     "DEFAULT_SAMPLING_RATE",
     "DEFAULT_WINDOW_S",
     "RESAMPLE_QUALITY",
+    "SILENCE_PEAK_DBFS",
     "AudioDecodeError",
     "AudioWindow",
     "audio_duration",
