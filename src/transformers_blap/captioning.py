@@ -4,22 +4,35 @@ Batch captioning to JSON Lines (the engine of `blap caption`): resumable, failur
 One line per input, written (and flushed to disk) as soon as the input is done:
 
 ```json
-{"path": "music/a.mp3", "caption": "...", "windows": [{"start": 0.0, "end": 10.0, "caption": "..."}],
- "duration": 31.2, "error": null}
+{"path": "/music/a.mp3", "caption": "...", "windows": [{"start": 0.0, "end": 10.0, "caption": "..."}],
+ "duration": 31.2, "warnings": [], "error": null}
 ```
 
-An input that cannot be decoded or captioned gets a line with `"caption": null` and the `error`, and the run goes on.
-A rerun skips every input that already has a caption in the output (and retries the failed ones), so an interrupted
-run loses only the inputs that were in flight. Under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1) every process
-captions `inputs[rank::world_size]` into its own part file, `OUTPUT.part-RANK-of-WORLD`; after all of them are done,
-rank 0 merges the parts into OUTPUT in input order and removes them.
+- **Identity.** An input is its resolved file (absolute, symlinks resolved): `path` is written that way, and a file
+  named twice (relative and absolute, through a link) is captioned once.
+- **Failures.** An input that cannot be decoded or captioned gets a line with `"caption": null` and the `error` (one
+  line naming the input and the cause), and the run goes on. `warnings` flags odd inputs that were still captioned
+  (`"silent"`: see `SILENCE_PEAK_DBFS` in the audio module).
+- **Resume.** A rerun skips every input that already has a caption in the output (and retries the failed ones). A
+  line is written whole and flushed to disk before the next input starts; a line cut short by a crash is detected,
+  dropped and its input redone. SIGINT and SIGTERM drop the batch in flight (never a line being written) and raise
+  [`CaptionInterrupted`].
+- **Overlap.** A background thread decodes, resamples and windows the next inputs while the model captions.
+- **Sharding.** Under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1, joined through accelerate's `PartialState`)
+  every process captions `inputs[rank::world_size]` into its own part file, `OUTPUT.part-RANK-of-WORLD`; when all of
+  them are done, rank 0 merges the parts into OUTPUT in input order and removes them, and only then does any process
+  return, each with the whole run's failure count.
 """
 
 import json
 import os
+import queue
 import re
+import signal
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -58,11 +71,13 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
       with `#` are skipped; relative paths are relative to the list's folder; listed folders are expanded);
     - anything else: itself, whatever its extension (a missing or unreadable file gets an error line later).
 
+    Every path is resolved (absolute, symlinks resolved): that is an input's identity in the output.
+
     Args:
         inputs (`Iterable[str | os.PathLike]`): paths as given on the command line.
 
     Returns:
-        `list[str]`: the audio paths.
+        `list[str]`: the resolved audio paths.
     """
     expanded: list[str] = []
     for item in inputs:
@@ -78,7 +93,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
                 expanded += _folder_audio_files(listed) if listed.is_dir() else [str(listed)]
         else:
             expanded.append(str(path))
-    return list(dict.fromkeys(os.path.normpath(entry) for entry in expanded))
+    return list(dict.fromkeys(os.path.realpath(entry) for entry in expanded))
 
 
 # ------------------------------------------------------------------------------------------------------ records
@@ -103,6 +118,12 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def _identity(path: str) -> str:
+    """The input a record's `path` names: records written by this module hold resolved paths already; older ones
+    may hold relative paths, resolved here against the working directory."""
+    return path if os.path.isabs(path) else os.path.realpath(path)
+
+
 def _has_caption(record: dict[str, Any]) -> bool:
     return isinstance(record.get("caption"), str) and record.get("error") is None
 
@@ -123,7 +144,7 @@ def _prepare_output(path: Path, retry: set[str]) -> None:
     if not path.exists():
         return
     records = read_records(path)
-    _write_records_atomically(path, [r for r in records if _has_caption(r) or r["path"] not in retry])
+    _write_records_atomically(path, [r for r in records if _has_caption(r) or _identity(r["path"]) not in retry])
 
 
 def part_path(output: str | os.PathLike, rank: int, world_size: int) -> Path:
@@ -140,7 +161,7 @@ def captioned_paths(output: str | os.PathLike) -> set[str]:
     """Inputs that already have a caption in `output` or in any of its part files."""
     output = Path(output)
     return {
-        record["path"]
+        _identity(record["path"])
         for source in [output, *_part_files(output)]
         for record in read_records(source)
         if _has_caption(record)
@@ -160,9 +181,10 @@ def merge_parts(output: str | os.PathLike, inputs: Sequence[str]) -> list[dict[s
     latest: dict[str, dict[str, Any]] = {}
     for source in [output, *parts]:
         for record in read_records(source):
-            previous = latest.get(record["path"])
+            key = _identity(record["path"])
+            previous = latest.get(key)
             if previous is None or _has_caption(record) or not _has_caption(previous):
-                latest[record["path"]] = record
+                latest[key] = record
     wanted = set(inputs)
     others = [record for path, record in latest.items() if path not in wanted]
     ours = [latest[path] for path in inputs if path in latest]
@@ -177,12 +199,80 @@ def merge_parts(output: str | os.PathLike, inputs: Sequence[str]) -> list[dict[s
 
 @dataclass
 class CaptionSummary:
-    """What a `caption_files` call did (for this process)."""
+    """What a `caption_files` / `caption_to_jsonl` call did."""
 
     captioned: int = 0
     failed: int = 0
     skipped: int = 0
     errors: dict[str, str] = field(default_factory=dict)
+
+
+class CaptionInterrupted(KeyboardInterrupt):
+    """
+    SIGINT or SIGTERM stopped a captioning run. Every line written so far is complete; rerunning the same command
+    continues from there.
+
+    Args:
+        signum (`int`): the signal (`signal.SIGINT` or `signal.SIGTERM`).
+        done (`int`): inputs of this process with a line in the output (including those skipped as done before).
+        total (`int`): inputs of this process.
+    """
+
+    def __init__(self, signum: int, done: int, total: int):
+        super().__init__(f"interrupted after {done} of {total}; rerun the same command to continue")
+        self.signum = signum
+        self.done = done
+        self.total = total
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for death by this signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
+class _Signalled(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _SignalGuard:
+    """
+    Turns SIGINT / SIGTERM into an exception in the main thread, but never while a record is being written: a signal
+    that arrives then is raised right after the line is complete.
+    """
+
+    def __init__(self):
+        self._writing = False
+        self._deferred: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._writing:
+            self._deferred = signum
+        else:
+            raise _Signalled(signum)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread can take signals
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._deferred is not None:
+            raise _Signalled(self._deferred)
 
 
 @dataclass(eq=False)  # identity: tracks are dict keys
@@ -195,26 +285,30 @@ class _Track:
 
 
 def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """One line: the error's class and message, whitespace folded."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 class _Writer:
     """Appends one JSON line per finished input and makes it durable before going on."""
 
-    def __init__(self, handle: TextIO, summary: CaptionSummary, progress: tqdm):
+    def __init__(self, handle: TextIO, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard):
         self.handle = handle
         self.summary = summary
         self.progress = progress
+        self.guard = guard
 
     def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        if record["error"] is None:
-            self.summary.captioned += 1
-        else:
-            self.summary.failed += 1
-            self.summary.errors[record["path"]] = record["error"]
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self.guard.writing():
+            self.handle.write(line)
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            if record["error"] is None:
+                self.summary.captioned += 1
+            else:
+                self.summary.failed += 1
+                self.summary.errors[record["path"]] = record["error"]
         self.progress.update(1)
 
     def success(self, track: _Track, result: dict[str, Any]) -> None:
@@ -225,13 +319,87 @@ class _Writer:
                 "caption": result["generated_text"],
                 "windows": windows,
                 "duration": windows[-1]["end"],
+                "warnings": result["warnings"],
                 "error": None,
             }
         )
 
     def failure(self, track: _Track, error: BaseException) -> None:
+        if track.failed:  # recorded already (its batch failed, then its decoding too)
+            return
         track.failed = True
-        self.write({"path": track.path, "caption": None, "windows": [], "duration": None, "error": _error_text(error)})
+        record = {"path": track.path, "caption": None, "windows": [], "duration": None, "warnings": []}
+        self.write({**record, "error": _error_text(error)})
+
+
+_PREFETCH_JOIN_S = 5.0  # the longest an ending run waits for the decoding thread (a daemon: it cannot hold the exit)
+_TRACK_DONE = object()  # a track's windows are all queued
+_ALL_DONE = object()  # every track is decoded
+
+
+class _Prefetcher:
+    """
+    Decodes, resamples and windows the tracks (`pipe.preprocess`) in a background thread, a bounded queue ahead of
+    the model. Yields `(track, window item)`, `(track, exception)` for a track that failed to decode, and
+    `(track, _TRACK_DONE)` after a track's last window; a track marked failed is not decoded further.
+    """
+
+    def __init__(self, pipe: AudioToTextPipeline, tracks: list[_Track], preprocess_params: dict, depth: int):
+        self._pipe = pipe
+        self._tracks = tracks
+        self._params = preprocess_params
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blap-caption-prefetch", daemon=True)
+
+    def __enter__(self) -> "_Prefetcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()  # the producer stops at its next queue operation (within 0.1 s of its current decode)
+        with suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=_PREFETCH_JOIN_S)
+
+    def __iter__(self) -> Iterator[tuple[_Track | None, Any]]:
+        while True:
+            track, entry = self._queue.get()
+            if entry is _ALL_DONE:
+                return
+            if track is None:  # the producer itself broke
+                raise entry
+            yield track, entry
+
+    def _put(self, entry: tuple[_Track | None, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for track in self._tracks:
+                try:
+                    for item in self._pipe.preprocess(track.path, **self._params):
+                        if not self._put((track, item)):
+                            return
+                        if track.failed:  # its batch failed: stop decoding it
+                            break
+                except Exception as error:  # a batch job records the failure and goes on
+                    if not self._put((track, error)):
+                        return
+                    continue
+                if not self._put((track, _TRACK_DONE)):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread, which raises it
+            self._put((None, error))
+            return
+        self._put((None, _ALL_DONE))
 
 
 def caption_files(
@@ -249,7 +417,8 @@ def caption_files(
     Caption `paths` and append one JSON line per input to `output` as soon as the input is done.
 
     Windows of consecutive inputs share `generate` batches (`batch_size` windows each); an input is written when its
-    last window is captioned. A decoding or captioning error becomes that input's error line; other inputs go on.
+    last window is captioned. A background thread decodes the next inputs while the model works. A decoding or
+    captioning error becomes that input's error line; other inputs go on.
 
     Args:
         pipe ([`AudioToTextPipeline`]): the captioner.
@@ -264,6 +433,10 @@ def caption_files(
 
     Returns:
         [`CaptionSummary`].
+
+    Raises:
+        [`CaptionInterrupted`]: on SIGINT or SIGTERM (when called from the main thread), after the line being written,
+            if any, is complete; the batch in flight is dropped.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
@@ -273,13 +446,15 @@ def caption_files(
     preprocess_params, forward_params, postprocess_params = pipe._sanitize_parameters(**pipeline_kwargs)
     preprocess_params = {**pipe._preprocess_params, **preprocess_params}
     pipe.window_settings(*(preprocess_params.get(name) for name in ("window_s", "hop_s", "min_tail_s")))
+    pipe.prompt_tokens(preprocess_params.get("prompt"))  # tokenized here, once, not in the decoding thread
     forward_params = {**pipe._forward_params, **forward_params}
     postprocess_params = {**pipe._postprocess_params, **postprocess_params}
     collate = pad_collate_fn(pipe.tokenizer, pipe.feature_extractor)
+    guard = _SignalGuard()
 
     bar = tqdm(total=len(pending), unit="file", desc=progress_description, file=sys.stderr, disable=not progress)
-    with open(output, "a", encoding="utf-8") as handle, bar:
-        writer = _Writer(handle, summary, bar)
+    with guard.installed(), open(output, "a", encoding="utf-8") as handle, bar:
+        writer = _Writer(handle, summary, bar, guard)
 
         def finish_if_done(track: _Track) -> None:
             if track.failed or not track.decoded or len(track.outputs) < track.queued:
@@ -308,23 +483,25 @@ def caption_files(
             for track in dict.fromkeys(track for track, _ in entries):
                 finish_if_done(track)
 
-        queue: list[tuple[_Track, dict[str, Any]]] = []
-        for track in pending:
-            try:
-                for item in pipe.preprocess(track.path, **preprocess_params):
-                    queue.append((track, item))
-                    track.queued += 1
-                    if len(queue) >= batch_size:
-                        run_batch(queue)
-                        queue = []
-                    if track.failed:  # its batch failed: stop decoding it
-                        break
-            except Exception as error:
-                writer.failure(track, error)
-                continue
-            track.decoded = True
-            finish_if_done(track)
-        run_batch(queue)
+        try:
+            with _Prefetcher(pipe, pending, preprocess_params, depth=2 * batch_size) as prefetched:
+                batch: list[tuple[_Track, dict[str, Any]]] = []
+                for track, entry in prefetched:
+                    if entry is _TRACK_DONE:
+                        track.decoded = True
+                        finish_if_done(track)
+                    elif isinstance(entry, Exception):
+                        writer.failure(track, entry)
+                    elif not track.failed:
+                        batch.append((track, entry))
+                        track.queued += 1
+                        if len(batch) >= batch_size:
+                            run_batch(batch)
+                            batch = []
+                run_batch(batch)
+        except _Signalled as interrupt:
+            done = summary.captioned + summary.failed + summary.skipped
+            raise CaptionInterrupted(interrupt.signum, done, len(paths)) from None
     return summary
 
 
@@ -338,31 +515,43 @@ def _batch_element(outputs: dict[str, Any], index: int) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------- distributed
 
 
-def distributed_rank_and_size() -> tuple[int, int]:
-    """`(RANK, WORLD_SIZE)` as set by `torchrun` / `accelerate launch`; `(0, 1)` when run alone."""
+def _distributed_state() -> Any:
+    """
+    accelerate's `PartialState` for a run under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1): it joins the
+    process group (NCCL on GPUs, gloo on CPUs) with a barrier timeout long enough for shards that finish hours apart.
+    """
     try:
-        rank = int(os.environ.get("RANK", "0"))
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as error:
-        raise ValueError(f"RANK and WORLD_SIZE must be integers: {error}") from error
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"Invalid RANK={rank} / WORLD_SIZE={world_size}.")
-    return rank, world_size
+        from accelerate import PartialState
+    except ImportError:
+        raise ImportError(
+            "A sharded run (WORLD_SIZE > 1) needs accelerate: pip install 'transformers_blap[train]'."
+        ) from None
+    return PartialState(timeout=MERGE_BARRIER_TIMEOUT)
 
 
-def _wait_for_all_processes() -> None:
-    """A barrier across the `torchrun` / `accelerate launch` processes (gloo: works with or without GPUs)."""
-    import torch.distributed as dist
+def _merge_and_share_status(state: Any, output: Path, inputs: Sequence[str]) -> CaptionSummary:
+    """
+    After every shard is written: rank 0 merges the parts and tells every process how many inputs failed, so that no
+    process exits (and no launcher tears the others down) before the merged output is on disk.
+    """
+    from accelerate.utils import broadcast_object_list
 
-    if not dist.is_initialized():
-        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-        if missing:
-            raise RuntimeError(
-                f"WORLD_SIZE > 1 but {', '.join(missing)} is not set: launch with torchrun or accelerate launch."
-            )
-        dist.init_process_group("gloo", timeout=MERGE_BARRIER_TIMEOUT)
-    dist.barrier()
-    dist.destroy_process_group()
+    state.wait_for_everyone()
+    summary = CaptionSummary()
+    status: list[Any] = [None]
+    try:
+        if state.is_main_process:
+            records = merge_parts(output, inputs)
+            errors = {record["path"]: record["error"] for record in records if not _has_caption(record)}
+            summary = CaptionSummary(captioned=len(records) - len(errors), failed=len(errors), errors=errors)
+            status = [summary.failed]
+    finally:
+        broadcast_object_list(status, from_process=0)  # None: the merge itself failed (rank 0 raises)
+    if status[0] is None:
+        raise RuntimeError(f"rank 0 could not merge the parts of {output}; rerun the same command to merge them.")
+    if not state.is_main_process:  # rank 0 reports the failures, once
+        summary = CaptionSummary(failed=status[0])
+    return summary
 
 
 def caption_to_jsonl(
@@ -380,7 +569,8 @@ def caption_to_jsonl(
 
     Args:
         pipe ([`AudioToTextPipeline`]): the captioner (on this process's device).
-        inputs (`Sequence[str]`): the audio paths (see [`expand_inputs`]); every process must get the same list.
+        inputs (`Sequence[str]`): the resolved audio paths (see [`expand_inputs`]); every process must get the same
+            list.
         output (`str` or `os.PathLike`): the JSON Lines file.
         batch_size (`int`, *optional*, defaults to 8): windows per `generate` call.
         progress (`bool`, *optional*, defaults to `True`): progress bar with ETA on stderr.
@@ -388,13 +578,18 @@ def caption_to_jsonl(
 
     Returns:
         [`CaptionSummary`]: for a single process, or rank 0 after the merge, the counts of the whole run (`failed` =
-        inputs whose record is an error); for other ranks, their own shard's.
+        inputs whose record is an error) and their errors; for other ranks, only the whole run's `failed` count (rank
+        0 reports the errors).
+
+    Raises:
+        [`CaptionInterrupted`]: on SIGINT / SIGTERM (no merge then: the rerun merges).
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    rank, world_size = distributed_rank_and_size()
+    sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = _distributed_state() if sharded else None
     done = captioned_paths(output)
-    if world_size == 1:
+    if state is None:
         if _part_files(output):  # a previous sharded run stopped before its merge
             merge_parts(output, inputs)
         _prepare_output(output, retry=set(inputs) - done)
@@ -402,10 +597,11 @@ def caption_to_jsonl(
             pipe, inputs, output, batch_size=batch_size, skip=done, progress=progress, **pipeline_kwargs
         )
 
+    rank, world_size = state.process_index, state.num_processes
     shard = list(inputs[rank::world_size])
     part = part_path(output, rank, world_size)
     _prepare_output(part, retry=set(shard) - done)
-    summary = caption_files(
+    caption_files(
         pipe,
         shard,
         part,
@@ -415,16 +611,12 @@ def caption_to_jsonl(
         progress_description=f"rank {rank}/{world_size}",
         **pipeline_kwargs,
     )
-    _wait_for_all_processes()
-    if rank != 0:
-        return summary
-    records = merge_parts(output, inputs)
-    errors = {record["path"]: record["error"] for record in records if not _has_caption(record)}
-    return CaptionSummary(captioned=len(records) - len(errors), failed=len(errors), errors=errors)
+    return _merge_and_share_status(state, output, inputs)
 
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "CaptionInterrupted",
     "CaptionSummary",
     "caption_files",
     "caption_to_jsonl",

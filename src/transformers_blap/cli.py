@@ -3,12 +3,17 @@ The `blap` command.
 
 Each subcommand is one `add_<name>_command(subparsers)` function that declares its arguments and sets `handler` (a
 function `argparse.Namespace -> int` exit status); register it in `COMMANDS`. Handlers import what they need
-themselves. A bad argument or input file ends the command with a one-line error and exit status 2.
+themselves. A bad argument, input file or model ends the command with one line, `blap COMMAND: error: CAUSE`, and
+exit status 2 (a traceback too with `--debug` or `BLAP_DEBUG=1`); Ctrl-C (SIGINT) and SIGTERM end it with one line
+and status 130 / 143.
 """
 
 import argparse
 import json
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from .conversion.laion_clap import add_convert_laion_clap_command
@@ -72,19 +77,24 @@ def _default_device() -> str:
 def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    from .captioning import caption_to_jsonl, expand_inputs
+    from .captioning import CaptionInterrupted, caption_to_jsonl, expand_inputs
 
     inputs = expand_inputs(args.inputs)
     if not inputs:
         print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
-    pipe = pipeline(
-        "audio-to-text",
-        model=args.model,
-        device=args.device or _default_device(),
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
+    try:
+        pipe = pipeline(
+            "audio-to-text",
+            model=args.model,
+            device=args.device or _default_device(),
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (KeyboardInterrupt, ImportError):
+        raise
+    except Exception as error:  # a truncated safetensors file, a missing config, ...: one line naming the model
+        raise ValueError(f"cannot load the model {args.model}: {type(error).__name__}: {error}") from error
     options = {
         "num_beams": args.num_beams,
         "max_new_tokens": args.max_new_tokens,
@@ -94,14 +104,19 @@ def run_caption(args: argparse.Namespace) -> int:
         "hop_s": args.hop_s,
         "min_tail_s": args.min_tail_s,
     }
-    summary = caption_to_jsonl(
-        pipe,
-        inputs,
-        args.output,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        **{name: value for name, value in options.items() if value is not None},
-    )
+    try:
+        summary = caption_to_jsonl(
+            pipe,
+            inputs,
+            args.output,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            **{name: value for name, value in options.items() if value is not None},
+        )
+    except CaptionInterrupted as interrupt:
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"blap caption: {rank}{interrupt}", file=sys.stderr)
+        return interrupt.exit_status
     for path, error in summary.errors.items():
         print(f"blap caption: failed: {path}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -198,8 +213,17 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+DEBUG_ENVIRONMENT_VARIABLE = "BLAP_DEBUG"
+"""Set to 1 to get tracebacks with errors, as `--debug` does."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blap", description="BLAP music captioning.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print tracebacks with errors (also: {DEBUG_ENVIRONMENT_VARIABLE}=1); by default an error is one line",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(subparsers)
@@ -210,10 +234,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `blap` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower() in {"1", "true", "yes"}
     try:
         return args.handler(args)
-    except (OSError, ValueError) as error:
-        print(f"blap {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:  # before or after the work proper (loading the model, ...): nothing to resume
+        if debug:
+            traceback.print_exc()
+        print(f"blap {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        expected = isinstance(error, (OSError, ValueError))  # bad input; anything else may be a bug worth a traceback
+        hint = "" if debug or expected else f" (--debug or {DEBUG_ENVIRONMENT_VARIABLE}=1 for a traceback)"
+        print(f"blap {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2
 
 

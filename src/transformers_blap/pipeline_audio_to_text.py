@@ -7,7 +7,14 @@ import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
-from .audio import DEFAULT_MIN_TAIL_S, DEFAULT_WINDOW_S, iter_windows, select_track_caption, window_bounds
+from .audio import (
+    DEFAULT_MIN_TAIL_S,
+    DEFAULT_WINDOW_S,
+    SILENCE_PEAK_DBFS,
+    iter_windows,
+    select_track_caption,
+    window_bounds,
+)
 
 # This module ships as Hub remote code beside the model's: it imports only `transformers`, numpy, torch and its
 # flat sibling `audio`, and never checks classes with `isinstance` (each remote file is its own module, so the model,
@@ -31,7 +38,8 @@ class AudioToTextPipeline(ChunkPipeline):
     >>> from transformers import pipeline
     >>> captioner = pipeline("audio-to-text", model="path/to/blap", device="cpu")
     >>> captioner("song.mp3", num_beams=3)
-    [{'generated_text': 'A mellow jazz piece ...', 'windows': [{'start': 0.0, 'end': 10.0, 'caption': '...'}, ...]}]
+    [{'generated_text': 'A mellow jazz piece ...', 'windows': [{'start': 0.0, 'end': 10.0, 'caption': '...'}, ...],
+      'warnings': []}]
     ```
 
     Without the `transformers_blap` package, a folder or Hub repository saved by it loads with
@@ -52,6 +60,7 @@ class AudioToTextPipeline(ChunkPipeline):
                 "AudioToTextPipeline needs the model's processor (a BlapProcessor, `processor=`), or its "
                 "`feature_extractor=` and `tokenizer=`."
             )
+        self._prompt_cache: dict[str, Any] = {}
 
     def __call__(self, inputs: Any, **kwargs) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """
@@ -78,8 +87,9 @@ class AudioToTextPipeline(ChunkPipeline):
         Returns:
             For one input, a list with one dict per returned sequence (`num_return_sequences`, 1 by default):
             `generated_text` (the caption of the whole input) and `windows`, a list of
-            `{"start": seconds, "end": seconds, "caption": str}` in time order. For a list of inputs, one such list
-            per input.
+            `{"start": seconds, "end": seconds, "caption": str}` in time order, and `warnings`, a list of strings
+            (empty when all is well): `"silent"` when the input's peak stays below `SILENCE_PEAK_DBFS` (-60 dBFS; the
+            caption of silence is made up). For a list of inputs, one such list per input.
         """
         return super().__call__(inputs, **kwargs)
 
@@ -122,7 +132,7 @@ class AudioToTextPipeline(ChunkPipeline):
 
         Yields:
             `dict` with `audio` `(1, window_samples)`, the tokenized prompt `input_ids` / `attention_mask`
-            `(1, prompt_length)`, `start` / `end` in seconds and `is_last`.
+            `(1, prompt_length)`, `start` / `end` in seconds, the window's `peak` |sample| and `is_last`.
         """
         window_s, hop_s, min_tail_s = self.window_settings(window_s, hop_s, min_tail_s)
         source, source_sampling_rate = self._audio_source(inputs, sampling_rate)
@@ -134,15 +144,27 @@ class AudioToTextPipeline(ChunkPipeline):
             min_tail_s=min_tail_s,
             source_sampling_rate=source_sampling_rate,
         )
-        if prompt is None:
-            prompt = getattr(self.processor, "prompt", None) or self.model.config.prompt
-        prompt_tokens = self.tokenizer(prompt, return_tensors="pt")
+        prompt_tokens = self.prompt_tokens(prompt)
 
         window = next(windows)
         for upcoming in windows:
             yield self._window_item(window, prompt_tokens, is_last=False)
             window = upcoming
         yield self._window_item(window, prompt_tokens, is_last=True)
+
+    def prompt_tokens(self, prompt: str | None = None) -> Any:
+        """
+        The tokenized prompt (the processor's, else the model config's, when `prompt` is `None`), tokenized once per
+        prompt: windows reuse it, and a caller that decodes in another thread can tokenize it first, in its own.
+
+        Returns:
+            `BatchEncoding` with `input_ids` and `attention_mask` of shape `(1, prompt_length)`.
+        """
+        if prompt is None:
+            prompt = getattr(self.processor, "prompt", None) or self.model.config.prompt
+        if prompt not in self._prompt_cache:
+            self._prompt_cache[prompt] = self.tokenizer(prompt, return_tensors="pt")
+        return self._prompt_cache[prompt]
 
     def window_settings(
         self, window_s: float | None = None, hop_s: float | None = None, min_tail_s: float | None = None
@@ -190,6 +212,7 @@ class AudioToTextPipeline(ChunkPipeline):
             "attention_mask": prompt_tokens["attention_mask"],
             "start": float(window.start_s),
             "end": float(window.end_s),
+            "peak": float(np.abs(window.samples).max()),
             "is_last": is_last,
         }
 
@@ -199,7 +222,7 @@ class AudioToTextPipeline(ChunkPipeline):
 
         Returns:
             `dict` with `sequences` `(batch_size, num_return_sequences, length)` and the windows' `start`, `end`,
-            `is_last`.
+            `peak`, `is_last`.
         """
         audio = model_inputs["audio"]
         features = self.feature_extractor(
@@ -217,11 +240,14 @@ class AudioToTextPipeline(ChunkPipeline):
             "sequences": sequences.reshape(batch_size, sequences.shape[0] // batch_size, -1),
             "start": model_inputs["start"],
             "end": model_inputs["end"],
+            "peak": model_inputs["peak"],
             "is_last": model_inputs["is_last"],
         }
 
     def postprocess(self, model_outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Decode the windows of one input and pick the caption of the whole input."""
+        """Decode the windows of one input, pick the caption of the whole input and flag silence."""
+        silent = max(float(output["peak"]) for output in model_outputs) < 10 ** (SILENCE_PEAK_DBFS / 20)
+        warnings = ["silent"] if silent else []
         windows = []
         for output in model_outputs:
             texts = self.tokenizer.batch_decode(output["sequences"][0], skip_special_tokens=True)
@@ -236,6 +262,7 @@ class AudioToTextPipeline(ChunkPipeline):
                         {"start": start, "end": end, "caption": caption}
                         for (start, end, _), caption in zip(windows, captions)
                     ],
+                    "warnings": list(warnings),
                 }
             )
         return results
