@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -171,46 +172,83 @@ def test_usage_errors(model_dir, tmp_path, capsys):
     assert read_records(tmp_path / "o.jsonl") == []
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launcher_command(launcher: str) -> list[str]:
+    """The README's launch commands for 2 CPU processes."""
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + [
+            "-m",
+            "transformers_blap.cli",
+        ]
+    accelerate = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    return (
+        accelerate
+        + ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+        + [
+            "--no_python",
+            "blap",
+        ]
+    )
+
+
 @pytest.mark.slow
-def test_sharded_across_two_processes(model_dir, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_sharded_run_merges_whatever_a_shard_failed(model_dir, captioner, tmp_path, launcher):
     folder = tmp_path / "music"
-    paths = []
-    for index in range(5):
-        paths.append(write_audio(folder / f"{index}.wav", tone(0.5 + 0.5 * index, frequency=150.0 * (index + 1))))
-    (folder / "9-corrupt.mp3").write_bytes(b"ID3" + b"\x00" * 64)
-    inputs = [str(path) for path in paths] + [str(folder / "9-corrupt.mp3")]
+    good = [write_audio(folder / f"{i}.wav", tone(0.5 + 0.4 * i, frequency=150.0 * (i + 1))) for i in range(4)]
+    zero_bytes = folder / "zero.wav"
+    zero_bytes.write_bytes(b"")
+    nan_wav = write_audio(
+        folder / "nan.wav", np.array([0.0, 0.5, np.nan, 0.1] * 400, dtype=np.float32), subtype="FLOAT"
+    )
+    # Rank 0 takes inputs 0, 2, 4; rank 1 takes 1, 3, 5: the zero-byte and NaN files and good[3].
+    inputs = [str(path) for path in (good[0], zero_bytes, good[1], nan_wav, good[2], good[3])]
+    (tmp_path / "inputs.txt").write_text("\n".join(inputs) + "\n")
     output = tmp_path / "captions.jsonl"
-    # Rank 1 of 2 (inputs 1, 3, 5) had finished input 3 in an earlier, interrupted run: it is not redone.
-    precomputed = {"path": inputs[3], "caption": "precomputed", "windows": [], "duration": 2.0, "error": None}
+    # 50,000 records of another run, so that the merge takes a while (it was killed midway when a failed rank exited).
+    others = [
+        {"path": f"/elsewhere/{i}.wav", "caption": f"song {i}", "windows": [], "duration": 1.0, "error": None}
+        for i in range(50_000)
+    ]
+    output.write_text("".join(json.dumps(record) + "\n" for record in others))
+    # Rank 1 had finished good[3] in an earlier, interrupted run: it is not redone.
+    precomputed = {"path": inputs[5], "caption": "precomputed", "windows": [], "duration": 2.0, "error": None}
     Path(f"{output}.part-1-of-2").write_text(json.dumps(precomputed) + "\n")
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-        + ["-m", "transformers_blap.cli", "caption", str(folder), "--model", str(model_dir)]
-        + ["--output", str(output), "--batch-size", "2", "--device", "cpu"],
+        launcher_command(launcher)
+        + ["caption", str(tmp_path / "inputs.txt"), "--model", str(model_dir), "--output", str(output)]
+        + ["--batch-size", "2", "--device", "cpu"],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert completed.returncode != 0, "the corrupt file makes the run fail"
-    assert "9-corrupt.mp3" in completed.stderr
-    # Disjoint shards: rank 0 takes inputs 0, 2, 4; rank 1 takes 1, 3, 5 and skips 3.
+    assert completed.returncode == 1, completed.stderr[-3000:]  # failed inputs, not a killed process
+    for bad in (zero_bytes, nan_wav):  # reported once, by rank 0, after the merge
+        assert completed.stderr.count(f"blap caption: failed: {bad}:") == 1, completed.stderr[-3000:]
+    assert not re.search(r"File .*transformers_blap", completed.stderr)  # no traceback from our processes
     assert re.search(r"rank 0/2: 100%.* 3/3 ", completed.stderr), completed.stderr[-3000:]
     assert re.search(r"rank 1/2: 100%.* 2/2 ", completed.stderr), completed.stderr[-3000:]
+
     records = read_records(output)
-    assert [record["path"] for record in records] == inputs  # merged in input order
+    assert records[:50_000] == others
+    assert [record["path"] for record in records[50_000:]] == inputs  # merged in input order, one line each
     assert not list(tmp_path.glob("captions.jsonl.part-*"))
-    assert records[3] == precomputed
-    assert records[5]["caption"] is None and "9-corrupt.mp3" in records[5]["error"]
-    single = tmp_path / "single.jsonl"
-    assert caption(folder, "--model", model_dir, "--output", single, "--batch-size", "2") == 1
-    expected = records_by_path(single)
-    assert {r["path"]: r for r in records if r["path"] != inputs[3]} == {
-        p: expected[p] for p in inputs if p != inputs[3]
-    }
+    merged = records_by_path(output)
+    assert merged[inputs[5]] == precomputed
+    assert "the file is empty (0 bytes)" in merged[str(zero_bytes)]["error"]
+    assert "NaN or Inf samples" in merged[str(nan_wav)]["error"]
+    for path in inputs[0], inputs[2], inputs[4]:
+        assert merged[path]["caption"] == captioner(path)[0]["generated_text"]
 
 
 def test_blap_command_lists_its_subcommands(capsys):

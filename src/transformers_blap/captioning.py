@@ -515,10 +515,11 @@ def _batch_element(outputs: dict[str, Any], index: int) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------- distributed
 
 
-def _distributed_state() -> Any:
+def _distributed_state(cpu: bool) -> Any:
     """
     accelerate's `PartialState` for a run under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1): it joins the
-    process group (NCCL on GPUs, gloo on CPUs) with a barrier timeout long enough for shards that finish hours apart.
+    process group (gloo for `cpu`, else the accelerator's, e.g. NCCL) with a barrier timeout long enough for shards
+    that finish hours apart.
     """
     try:
         from accelerate import PartialState
@@ -526,7 +527,13 @@ def _distributed_state() -> Any:
         raise ImportError(
             "A sharded run (WORLD_SIZE > 1) needs accelerate: pip install 'transformers_blap[train]'."
         ) from None
-    return PartialState(timeout=MERGE_BARRIER_TIMEOUT)
+    state = PartialState(cpu=cpu, timeout=MERGE_BARRIER_TIMEOUT)
+    if state.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise RuntimeError(
+            f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate joined {state.num_processes} process(es)"
+            f" ({state.distributed_type}): launch with torchrun or `accelerate launch --multi_gpu`."
+        )
+    return state
 
 
 def _merge_and_share_status(state: Any, output: Path, inputs: Sequence[str]) -> CaptionSummary:
@@ -587,7 +594,7 @@ def caption_to_jsonl(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    state = _distributed_state() if sharded else None
+    state = _distributed_state(cpu=pipe.device.type == "cpu") if sharded else None
     done = captioned_paths(output)
     if state is None:
         if _part_files(output):  # a previous sharded run stopped before its merge
