@@ -1,12 +1,20 @@
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import pipeline
 
 from transformers_blap import AudioToTextPipeline, BlapForConditionalGeneration, BlapProcessor
-from transformers_blap.audio import AudioDecodeError, load_audio, select_track_caption, split_windows, window_bounds
+from transformers_blap.audio import (
+    SILENCE_PEAK_DBFS,
+    AudioDecodeError,
+    load_audio,
+    select_track_caption,
+    split_windows,
+    window_bounds,
+)
 
 from blap_testing import RATE, save_tiny_blap, tone, write_audio
 
@@ -90,14 +98,29 @@ def test_every_input_kind_gives_the_same_result(captioner, tmp_path):
     assert batched == [expected] * 3
 
 
-def test_datasets_audio_column(captioner, tmp_path):
+@pytest.mark.parametrize("decode", [True, False], ids=["decoded", "decode=False"])
+def test_datasets_audio_column(captioner, tmp_path, decode):
     import datasets  # the `train` extra (CI installs it); imported here to keep collection fast
     from transformers.pipelines.pt_utils import KeyDataset
 
     paths = [str(write_audio(tmp_path / f"{i}.flac", tone(1.5, frequency=f))) for i, f in enumerate((200, 900))]
-    dataset = datasets.Dataset.from_dict({"audio": paths}).cast_column("audio", datasets.Audio(decode=False))
+    # decoded (the default): datasets 5.x yields torchcodec decoders (the `audio` extra, FFmpeg's shared libraries)
+    dataset = datasets.Dataset.from_dict({"audio": paths}).cast_column("audio", datasets.Audio(decode=decode))
     results = list(captioner(KeyDataset(dataset, "audio"), batch_size=2))
     assert results == [captioner(path) for path in paths]
+
+
+def test_silence_is_flagged_and_still_captioned(captioner):
+    threshold = 10 ** (SILENCE_PEAK_DBFS / 20)
+    quiet = 0.9 * threshold * np.sign(tone(2.5, frequency=300.0))  # peak just below the threshold
+    for waveform in (np.zeros(2 * RATE, dtype=np.float32), quiet.astype(np.float32)):
+        result = captioner(waveform, sampling_rate=RATE)[0]
+        assert result["warnings"] == ["silent"]
+        assert result["generated_text"] and all(window["caption"] for window in result["windows"])
+    # a quiet start does not make a track silent: the peak of the whole track counts
+    audible = np.concatenate([np.zeros(2 * RATE, dtype=np.float32), (11 * threshold * np.ones(RATE)).astype("f4")])
+    assert captioner(audible, sampling_rate=RATE)[0]["warnings"] == []
+    assert captioner(tone(1.0), sampling_rate=RATE)[0]["warnings"] == []
 
 
 def test_batching_across_inputs_changes_nothing(captioner):
