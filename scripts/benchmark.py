@@ -12,6 +12,8 @@ Sections (`--sections`):
   a row of its own.
 - `train`: a stage-2 training step (`set_stage2_trainable()`: frozen HTS-AT and T5) with activation checkpointing
   off and on.
+- `job`: `blap caption` on a folder of 10 s MP3s against the model alone on the same decoded clips, same batch
+  (HTS-AT tiny, BERT-base Q-Former, a small T5, the release's generation settings); `speedup` is the job's share.
 - `load`: `from_pretrained` of the Flan-T5-XL-dims ("3B") checkpoint: time and peak RSS against the weights' size,
   right after loading (memory-mapped weights are not resident yet) and after reading every weight once; and, at base
   dims, the naive "build the model, then `load_state_dict`" for comparison. `--quantize 8bit 4bit` adds the 3B
@@ -32,6 +34,7 @@ Usage (the README's performance section lists the runs behind its figures):
     PYTHONPATH=src python scripts/benchmark.py --sections generate --dims xl --xl-clips 2 --repeats 2
     PYTHONPATH=src python scripts/benchmark.py --sections train load --train-dims xl --train-batch 2 --xl-dtype float32
     PYTHONPATH=src python scripts/benchmark.py --sections load --xl-dtype float32 --quantize 8bit 4bit
+    PYTHONPATH=src python scripts/benchmark.py --sections job --job-clips 8 --job-batch 4 --repeats 2
 """
 
 import argparse
@@ -698,6 +701,76 @@ def bench_features(args: argparse.Namespace) -> list[dict]:
     ]
 
 
+# ------------------------------------------------------------------------------------------------------ (b) job
+
+# The job row's model: HTS-AT tiny and the BERT-base Q-Former at full size, a small T5 (the whole job is what is
+# measured, not the LLM), the fixture's 226-token tokenizer.
+JOB_TEXT = {**FLAN_T5_BASE, "vocab_size": 226, "d_model": 256, "d_kv": 32, "d_ff": 1024, "num_layers": 4}
+JOB_TEXT.update(num_decoder_layers=4, num_heads=8)
+JOB_TOKENIZER = REPO_ROOT.parent / "shared" / "fixtures" / "original-blap-tiny" / "flan-t5-tiny"
+
+
+def bench_caption_job(args: argparse.Namespace) -> list[dict]:
+    """
+    `blap caption` on a folder of MP3s (decoding, resampling, windowing in its prefetch thread, log-mel and
+    `generate` in the main thread, one JSON line per file) against the model alone on the same decoded windows
+    (`pipe.forward`: log-mel + `generate`, the same batches), interleaved, each keeping its fastest of `--repeats`.
+    """
+    import soundfile
+    from transformers import T5TokenizerFast, pipeline
+    from transformers.pipelines.base import pad_collate_fn
+
+    from transformers_blap import BlapProcessor  # registers the "audio-to-text" task
+    from transformers_blap.captioning import caption_to_jsonl, expand_inputs
+
+    folder = args.workdir / "job"
+    model_dir, music = folder / "model", folder / "mp3"
+    torch.manual_seed(0)
+    model = BlapForConditionalGeneration(BlapConfig(text_config=JOB_TEXT)).eval()
+    model.generation_config.update(**RELEASE_GENERATION)
+    model.save_pretrained(model_dir)
+    BlapProcessor(BlapFeatureExtractor(), T5TokenizerFast.from_pretrained(JOB_TOKENIZER)).save_pretrained(model_dir)
+    music.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(CLIP_SECONDS * 44_100) / 44_100
+    for index in range(args.job_clips):
+        mono = 0.3 * np.sin(2 * np.pi * 110.0 * (index + 1) * t) + 0.05 * rng.standard_normal(t.shape[0])
+        soundfile.write(music / f"{index:03d}.mp3", np.stack([mono, 0.8 * mono], axis=1), 44_100)
+
+    pipe = pipeline("audio-to-text", model=str(model_dir), device="cpu")
+    inputs = expand_inputs([music])
+    items = [item for path in inputs for item in pipe.preprocess(path)]  # decoded once, outside the timing
+    collate = pad_collate_fn(pipe.tokenizer, pipe.feature_extractor)
+    batch = args.job_batch
+
+    def model_only() -> None:
+        for start in range(0, len(items), batch):
+            pipe.forward(collate(items[start : start + batch]), generate_kwargs={})
+
+    def whole_job() -> None:
+        output = folder / "captions.jsonl"
+        output.unlink(missing_ok=True)
+        summary = caption_to_jsonl(pipe, inputs, output, batch_size=batch, progress=False)
+        assert summary.captioned == len(inputs), summary.errors
+
+    best = {"model": float("inf"), "job": float("inf")}
+    for _ in range(args.repeats):
+        for name, run in (("model", model_only), ("job", whole_job)):
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    section = f"caption job ({len(inputs)} MP3s x {CLIP_SECONDS} s, batch {batch})"
+    return [
+        {"section": section, "variant": "model alone on decoded clips", "captions_per_s": len(inputs) / best["model"]},
+        {
+            "section": section,
+            "variant": "blap caption on the MP3 folder",
+            "captions_per_s": len(inputs) / best["job"],
+            "speedup": best["model"] / best["job"],  # the job's share of the model-only throughput
+        },
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------- reporting
 
 
@@ -826,7 +899,9 @@ def child_main(task: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=["features", "generate", "train", "load"])
+    parser.add_argument("--sections", nargs="+", default=["features", "generate", "train", "load", "job"])
+    parser.add_argument("--job-clips", type=int, default=16, help="MP3 files of the job row (10 s each)")
+    parser.add_argument("--job-batch", type=int, default=4, help="windows per generate call in the job row")
     parser.add_argument("--dims", nargs="+", default=["base"], choices=list(TEXT_DIMS), help="T5 dims to caption at")
     parser.add_argument("--clips", type=int, default=8, help="clips, and the batch size of batched rows, at base dims")
     parser.add_argument("--xl-clips", type=int, default=2, help="clips, and the batch size of batched rows, at XL")
@@ -889,6 +964,7 @@ def main(argv: list[str] | None = None) -> None:
         "generate": lambda: [row for dims in args.dims for row in bench_generate(dims, args)],
         "train": lambda: bench_train(args),
         "load": lambda: bench_load(args),
+        "job": lambda: bench_caption_job(args),
     }
     for section in args.sections:
         print(f"== {section}", flush=True)
