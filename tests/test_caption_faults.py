@@ -52,7 +52,7 @@ def test_signals_at_random_moments_then_rerun_equals_an_uninterrupted_run(model_
     """SIGINT and SIGTERM end a run with one line and 130 / 143; then SIGKILL at 5 random moments; the last rerun's
     output equals an uninterrupted run's: nothing lost, nothing twice, no torn line."""
     folder = tmp_path / "music"
-    for index in range(14):
+    for index in range(20):  # 7 signals after at most 2 more lines each: the run cannot finish before the last
         write_audio(folder / f"{index:02d}.wav", tone(1.5 + 0.5 * (index % 3), frequency=110.0 * (index + 1)))
     (folder / "99-broken.wav").write_bytes(b"RIFF" + os.urandom(100))
     args = [folder, "--model", model_dir, "--batch-size", "1"]
