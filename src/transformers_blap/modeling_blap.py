@@ -986,8 +986,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
 
         - Audio encoder: a CLAP audio tower in transformers format, e.g. `"laion/clap-htsat-unfused"` or
           `"laion/larger_clap_music"` (a `ClapModel` checkpoint, whose text tower is dropped) or a `ClapAudioModel`;
-          without feature fusion. A raw LAION CLAP `.pt` converts with
-          `transformers_blap.conversion.laion_clap.convert_laion_clap_checkpoint` first.
+          or the path of a raw LAION CLAP checkpoint file (`.pt`, e.g. `music_audioset_epoch_15_esc_90.14.pt`),
+          converted on the fly (weights-only loading; see `blap convert-laion-clap`). Without feature fusion.
         - Q-Former: BERT (`"bert-base-uncased"`): its embeddings, self-attention and feed-forward layers; the query
           feed-forward layers (`intermediate_query`, `output_query`) start as copies of the text ones; the
           cross-attention layers (every `cross_attention_frequency`-th layer, default 2) and the `[DEC]` embedding are
@@ -998,8 +998,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
           weights), with the original's exact-GELU activation. Defaults to Flan-T5-XL's.
 
         Args:
-            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, or a
-                loaded model.
+            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, a
+                LAION CLAP `.pt` file, or a loaded model.
             qformer (`str`, `os.PathLike` or a BERT model, *optional*, defaults to `"bert-base-uncased"`).
             language_model (`str`, `os.PathLike` or `T5Config`, *optional*): the T5 of stage 2.
             config_kwargs: further [`BlapConfig`] arguments (`num_query_tokens`, `embed_dim`, ...) and
@@ -1047,6 +1047,16 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
 
     @staticmethod
     def _load_clap_audio_model(audio_encoder) -> ClapAudioModel:
+        if isinstance(audio_encoder, (str, os.PathLike)) and os.path.isfile(audio_encoder):
+            # A raw LAION CLAP checkpoint. The converter is not part of the Hub-facing files, hence the guarded import.
+            try:
+                from transformers_blap.conversion.laion_clap import convert_laion_clap_checkpoint
+            except ImportError as error:
+                raise ImportError(
+                    f"`audio_encoder` {os.fspath(audio_encoder)!r} is a file: converting a LAION CLAP checkpoint needs"
+                    " the transformers_blap package (pip install transformers_blap)."
+                ) from error
+            return convert_laion_clap_checkpoint(audio_encoder)
         if isinstance(audio_encoder, (str, os.PathLike)):
             config = AutoConfig.from_pretrained(audio_encoder)
             if isinstance(config, ClapConfig):
