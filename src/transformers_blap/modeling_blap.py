@@ -39,7 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_blap import BlapConfig
+from .configuration_blap import BlapConfig, original_release_source
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
@@ -347,6 +347,16 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             untie_lm_head(self.language_model)
         self.post_init()
         self.generation_config = self._default_generation_config(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "BlapForConditionalGeneration":
+        """
+        `PreTrainedModel.from_pretrained`, which also loads the authors' original release as it is published (a Hub
+        repository or folder holding its `.ckpt` and `config.json`, e.g. `"Tino3141/blap"`): converted once, the
+        converted folder kept in the Hugging Face cache per revision (`configuration_blap.original_release_source`).
+        """
+        source = original_release_source(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(source, *model_args, **kwargs)
 
     @staticmethod
     def _default_generation_config(config: BlapConfig) -> GenerationConfig:
