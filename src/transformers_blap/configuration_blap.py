@@ -1,7 +1,9 @@
 """Configuration of BLAP: HTS-AT audio encoder + Q-Former + T5 language model."""
 
+import importlib
 import json
 import os
+import types
 from pathlib import Path
 
 import huggingface_hub
@@ -141,6 +143,17 @@ def is_original_release_config(config: object) -> bool:
     )
 
 
+def conversion_module(name: str, context: str) -> types.ModuleType:
+    """
+    `transformers_blap.conversion.<name>`, imported only when a checkpoint in another format is met: the converters
+    are not among the files a Hub repository carries for remote code.
+    """
+    try:
+        return importlib.import_module(f"transformers_blap.conversion.{name}")
+    except ImportError as error:
+        raise ImportError(f"{context} converting it needs the transformers_blap package.") from error
+
+
 # A folder holding only a processor has no config.json.
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 
@@ -205,14 +218,10 @@ def original_release_source(pretrained_model_name_or_path: str | os.PathLike, hu
             return pretrained_model_name_or_path
         # The Hub cache keeps a revision's files under snapshots/<commit hash>/.
         folder, repo_id, revision = None, str(pretrained_model_name_or_path), config_file.parent.name
-    try:
-        from transformers_blap.conversion.release import converted_release_folder
-    except ImportError as error:
-        raise ImportError(
-            f"{os.fspath(pretrained_model_name_or_path)!r} is the original BLAP release; converting it needs the"
-            " transformers_blap package (pip install transformers_blap)."
-        ) from error
-    return converted_release_folder(
+    release = conversion_module(
+        "release", f"{os.fspath(pretrained_model_name_or_path)!r} is the original BLAP release;"
+    )
+    return release.converted_release_folder(
         folder=folder,
         repo_id=repo_id,
         revision=revision,

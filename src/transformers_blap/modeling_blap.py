@@ -39,7 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_blap import BlapConfig, original_release_source
+from .configuration_blap import BlapConfig, conversion_module, original_release_source
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
@@ -1058,15 +1058,9 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
     @staticmethod
     def _load_clap_audio_model(audio_encoder) -> ClapAudioModel:
         if isinstance(audio_encoder, (str, os.PathLike)) and os.path.isfile(audio_encoder):
-            # A raw LAION CLAP checkpoint. The converter is not part of the Hub-facing files, hence the guarded import.
-            try:
-                from transformers_blap.conversion.laion_clap import convert_laion_clap_checkpoint
-            except ImportError as error:
-                raise ImportError(
-                    f"`audio_encoder` {os.fspath(audio_encoder)!r} is a file: converting a LAION CLAP checkpoint needs"
-                    " the transformers_blap package (pip install transformers_blap)."
-                ) from error
-            return convert_laion_clap_checkpoint(audio_encoder)
+            # A raw LAION CLAP checkpoint (`.pt`), converted with weights-only loading.
+            laion_clap = conversion_module("laion_clap", f"`audio_encoder` {os.fspath(audio_encoder)!r} is a file;")
+            return laion_clap.convert_laion_clap_checkpoint(audio_encoder)
         if isinstance(audio_encoder, (str, os.PathLike)):
             config = AutoConfig.from_pretrained(audio_encoder)
             if isinstance(config, ClapConfig):
