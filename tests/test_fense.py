@@ -1,6 +1,5 @@
 """Sentence-BERT similarity and FENSE: the formula through stand-ins, and the real loaders on tiny local models."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,12 @@ from transformers_blap.evaluation import (
 )
 from transformers_blap.evaluation.resources import fense_checkpoint_path, fense_encoder_dir, sbert_dir
 
-EXAMPLES = json.loads((Path(__file__).parent / "data" / "caption_examples.json").read_text())["multi_reference"]
-PREDICTIONS = [clip["prediction"] for clip in EXAMPLES["clips"]] + ["a a song song with with drums drums"]
-REFERENCES = [clip["references"] for clip in EXAMPLES["clips"]] + [["a rock song with loud drums"]]
+from paper_captions import pooled_corpus
+
+# BLAP's captions of the paper's Tables 2/3 with several references per clip, and one caption with fluency errors.
+PREDICTIONS, REFERENCES = pooled_corpus("BLAP")
+PREDICTIONS = [*PREDICTIONS, "a a song song with with drums drums"]
+REFERENCES = [*REFERENCES, ["a rock song with loud drums"]]
 VOCAB = sorted({word for text in PREDICTIONS + sum(REFERENCES, []) for word in text.lower().replace(",", " ").split()})
 
 

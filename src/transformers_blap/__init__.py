@@ -11,7 +11,7 @@ from .audio import (
     track_caption_index,
     window_bounds,
 )
-from .configuration_blap import DEFAULT_PROMPT, BlapConfig
+from .configuration_blap import DEFAULT_PROMPT, BlapConfig, auto_config_with_original_release
 from .feature_extraction_blap import BlapFeatureExtractor
 from .modeling_blap import (
     BlapForConditionalGeneration,
@@ -60,6 +60,9 @@ from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
 from .hub import install_hub_support  # noqa: E402
 
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
+# The authors' release (.ckpt + original config.json) is read through its converted folder (conversion/release.py).
+if not getattr(AutoConfig.from_pretrained, "reads_original_release", False):
+    AutoConfig.from_pretrained = auto_config_with_original_release(AutoConfig.__dict__["from_pretrained"])
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
 AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)

@@ -1,5 +1,12 @@
 """Configuration of BLAP: HTS-AT audio encoder + Q-Former + T5 language model."""
 
+import importlib
+import json
+import os
+import types
+from pathlib import Path
+
+import huggingface_hub
 from transformers import Blip2QFormerConfig, ClapAudioConfig, T5Config
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
@@ -123,4 +130,132 @@ class BlapConfig(PreTrainedConfig):
         self.is_encoder_decoder = True
 
 
-__all__ = ["BlapConfig", "DEFAULT_PROMPT"]
+# ------------------------------------------------------------------------------------ the authors' original release
+
+
+def is_original_release_config(config: object) -> bool:
+    """Whether a parsed `config.json` is the original BLAP release's (`BLAP2_Stage2_Config`), not transformers'."""
+    return (
+        isinstance(config, dict)
+        and "model_type" not in config
+        and isinstance(config.get("audio_encoder"), dict)
+        and isinstance(config.get("LLM"), dict)
+    )
+
+
+def conversion_module(name: str, context: str) -> types.ModuleType:
+    """
+    `transformers_blap.conversion.<name>`, imported only when a checkpoint in another format is met: the converters
+    are not among the files a Hub repository carries for remote code.
+    """
+    try:
+        return importlib.import_module(f"transformers_blap.conversion.{name}")
+    except ImportError as error:
+        raise ImportError(f"{context} converting it needs the transformers_blap package.") from error
+
+
+# A folder holding only a processor has no config.json.
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def _read_config(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def original_release_source(pretrained_model_name_or_path: str | os.PathLike, hub_kwargs: dict) -> str | os.PathLike:
+    """
+    What `from_pretrained` should load: `pretrained_model_name_or_path` itself, or, when it is a folder or Hub
+    repository in the original release's format (its Lightning `.ckpt` and `config.json`, no `model.safetensors`),
+    the converted folder, made once by the converter and kept in the Hugging Face cache (see
+    `transformers_blap.conversion.release`, imported only then).
+
+    Args:
+        pretrained_model_name_or_path (`str` or `os.PathLike`): what was passed to `from_pretrained`.
+        hub_kwargs (`dict`): the `from_pretrained` keyword arguments; `revision`, `cache_dir`, `token`,
+            `local_files_only` and `force_download` are used to read the repository's `config.json`.
+
+    Raises:
+        `ValueError`: a local folder that is in neither format.
+    """
+    if pretrained_model_name_or_path is None or hub_kwargs.get("subfolder") or hub_kwargs.get("gguf_file"):
+        return pretrained_model_name_or_path
+    path = Path(pretrained_model_name_or_path)
+    repo_id = revision = None
+    if path.is_dir():
+        config = _read_config(path / "config.json")
+        if is_original_release_config(config):
+            folder = path
+        elif (isinstance(config, dict) and "model_type" in config) or (
+            not (path / "config.json").exists() and any((path / name).is_file() for name in _PROCESSOR_FILES)
+        ):
+            return pretrained_model_name_or_path
+        else:
+            raise ValueError(
+                f"{os.fspath(path)!r} is neither a transformers BLAP folder (a config.json with a model_type, and"
+                " its weights) nor the original BLAP release (its .ckpt and the config.json of BLAP2_Stage2_Config)."
+            )
+    elif path.exists() or str(pretrained_model_name_or_path).count("/") > 1:
+        return pretrained_model_name_or_path
+    else:
+        try:
+            config_file = Path(
+                huggingface_hub.hf_hub_download(
+                    str(pretrained_model_name_or_path),
+                    "config.json",
+                    **{
+                        key: hub_kwargs[key]
+                        for key in ("revision", "cache_dir", "token", "local_files_only", "force_download")
+                        if hub_kwargs.get(key) is not None
+                    },
+                )
+            )
+        except Exception:  # not a repository, no config.json, offline: transformers' loading reports it
+            return pretrained_model_name_or_path
+        if not is_original_release_config(_read_config(config_file)):
+            return pretrained_model_name_or_path
+        # The Hub cache keeps a revision's files under snapshots/<commit hash>/.
+        folder, repo_id, revision = None, str(pretrained_model_name_or_path), config_file.parent.name
+    release = conversion_module(
+        "release", f"{os.fspath(pretrained_model_name_or_path)!r} is the original BLAP release;"
+    )
+    return release.converted_release_folder(
+        folder=folder,
+        repo_id=repo_id,
+        revision=revision,
+        cache_dir=hub_kwargs.get("cache_dir"),
+        token=hub_kwargs.get("token"),
+        local_files_only=bool(hub_kwargs.get("local_files_only")),
+    )
+
+
+def auto_config_with_original_release(from_pretrained: classmethod) -> classmethod:
+    """
+    `AutoConfig.from_pretrained` that also reads the original release's converted config (see
+    [`original_release_source`]), so `pipeline("audio-to-text", model="Tino3141/blap")` works: the pipeline reads
+    the config through `AutoConfig` before the model. Only a config that `AutoConfig` rejects is looked at again.
+    """
+    load = from_pretrained.__func__
+
+    def wrapper(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return load(cls, pretrained_model_name_or_path, *args, **kwargs)
+        except ValueError:
+            source = original_release_source(pretrained_model_name_or_path, kwargs)
+            if source is pretrained_model_name_or_path:
+                raise
+        return load(cls, source, *args, **kwargs)
+
+    wrapper.__doc__, wrapper.reads_original_release = load.__doc__, True
+    return classmethod(wrapper)
+
+
+__all__ = [
+    "BlapConfig",
+    "DEFAULT_PROMPT",
+    "auto_config_with_original_release",
+    "is_original_release_config",
+    "original_release_source",
+]

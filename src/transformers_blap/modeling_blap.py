@@ -39,7 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_blap import BlapConfig
+from .configuration_blap import BlapConfig, conversion_module, original_release_source
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
@@ -347,6 +347,16 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             untie_lm_head(self.language_model)
         self.post_init()
         self.generation_config = self._default_generation_config(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "BlapForConditionalGeneration":
+        """
+        `PreTrainedModel.from_pretrained`, which also loads the authors' original release as it is published (a Hub
+        repository or folder holding its `.ckpt` and `config.json`, e.g. `"Tino3141/blap"`): converted once, the
+        converted folder kept in the Hugging Face cache per revision (`configuration_blap.original_release_source`).
+        """
+        source = original_release_source(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(source, *model_args, **kwargs)
 
     @staticmethod
     def _default_generation_config(config: BlapConfig) -> GenerationConfig:
@@ -986,8 +996,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
 
         - Audio encoder: a CLAP audio tower in transformers format, e.g. `"laion/clap-htsat-unfused"` or
           `"laion/larger_clap_music"` (a `ClapModel` checkpoint, whose text tower is dropped) or a `ClapAudioModel`;
-          without feature fusion. A raw LAION CLAP `.pt` converts with
-          `transformers_blap.conversion.laion_clap.convert_laion_clap_checkpoint` first.
+          or the path of a raw LAION CLAP checkpoint file (`.pt`, e.g. `music_audioset_epoch_15_esc_90.14.pt`),
+          converted on the fly (weights-only loading; see `blap convert-laion-clap`). Without feature fusion.
         - Q-Former: BERT (`"bert-base-uncased"`): its embeddings, self-attention and feed-forward layers; the query
           feed-forward layers (`intermediate_query`, `output_query`) start as copies of the text ones; the
           cross-attention layers (every `cross_attention_frequency`-th layer, default 2) and the `[DEC]` embedding are
@@ -998,8 +1008,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
           weights), with the original's exact-GELU activation. Defaults to Flan-T5-XL's.
 
         Args:
-            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, or a
-                loaded model.
+            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, a
+                LAION CLAP `.pt` file, or a loaded model.
             qformer (`str`, `os.PathLike` or a BERT model, *optional*, defaults to `"bert-base-uncased"`).
             language_model (`str`, `os.PathLike` or `T5Config`, *optional*): the T5 of stage 2.
             config_kwargs: further [`BlapConfig`] arguments (`num_query_tokens`, `embed_dim`, ...) and
@@ -1047,6 +1057,10 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
 
     @staticmethod
     def _load_clap_audio_model(audio_encoder) -> ClapAudioModel:
+        if isinstance(audio_encoder, (str, os.PathLike)) and os.path.isfile(audio_encoder):
+            # A raw LAION CLAP checkpoint (`.pt`), converted with weights-only loading.
+            laion_clap = conversion_module("laion_clap", f"`audio_encoder` {os.fspath(audio_encoder)!r} is a file;")
+            return laion_clap.convert_laion_clap_checkpoint(audio_encoder)
         if isinstance(audio_encoder, (str, os.PathLike)):
             config = AutoConfig.from_pretrained(audio_encoder)
             if isinstance(config, ClapConfig):

@@ -9,7 +9,7 @@ from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_blap import DEFAULT_PROMPT
+from .configuration_blap import DEFAULT_PROMPT, original_release_source
 
 
 class BlapProcessor(ProcessorMixin):
@@ -32,6 +32,14 @@ class BlapProcessor(ProcessorMixin):
         self.prompt = prompt
         self.max_txt_len = max_txt_len
         super().__init__(feature_extractor, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BlapProcessor":
+        """
+        `ProcessorMixin.from_pretrained`, which also reads the authors' original release as it is published (see
+        `BlapForConditionalGeneration.from_pretrained`): from its converted folder.
+        """
+        return super().from_pretrained(original_release_source(pretrained_model_name_or_path, kwargs), **kwargs)
 
     def __call__(
         self,

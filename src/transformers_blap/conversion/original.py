@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
-from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import (
     AutoTokenizer,
@@ -302,12 +302,21 @@ def _load_base(kind: str, source: str, loader) -> Any:
         ) from error
 
 
-def download_original_release(repo_id: str = DEFAULT_HUB_REPO) -> tuple[Path, Path]:
+def download_original_release(
+    repo_id: str = DEFAULT_HUB_REPO,
+    revision: str | None = None,
+    base_models: Sequence[str] = (),
+    **hub_kwargs,
+) -> tuple[Path, Path]:
     """
     Download the original release (its single `.ckpt` and `config.json`) from the Hugging Face Hub.
 
     Args:
         repo_id (`str`, *optional*, defaults to `"Tino3141/blap"`): the authors' repository.
+        revision (`str`, *optional*): a branch, tag or commit; the default branch when omitted.
+        base_models (`Sequence[str]`, *optional*): folders of the repository to download too, when it has them: the
+            base models that the converter looks up beside the config (`LLM.t5_model`, `bert-base-uncased`).
+        hub_kwargs: further `snapshot_download` arguments (`cache_dir`, `token`, `local_files_only`).
 
     Returns:
         `tuple[Path, Path]`: the local checkpoint and config paths (in the Hub cache).
@@ -316,8 +325,11 @@ def download_original_release(repo_id: str = DEFAULT_HUB_REPO) -> tuple[Path, Pa
         [`ConversionError`]: without network (or with `HF_HUB_OFFLINE=1` and nothing cached), or when the repository
             does not hold exactly one `.ckpt` and a `config.json`.
     """
+    patterns = ["*.ckpt", "config.json", *(f"{name}/*" for name in base_models)]
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.ckpt", "config.json"]))
+        folder = Path(
+            huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **hub_kwargs)
+        )
     except (OSError, ValueError, HfHubHTTPError) as error:
         raise ConversionError(
             f"Could not download the original BLAP release {repo_id!r} from the Hugging Face Hub ({error})."
