@@ -1,5 +1,6 @@
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -355,3 +356,29 @@ def test_loads_with_trust_remote_code_where_the_package_is_not_importable(
         expected = pipeline("audio-to-text", model=str(folder), device="cpu")(audio, sampling_rate=RATE)
         assert report["result"] == expected
         assert len(expected[0]["windows"]) == 3
+
+
+# ------------------------------------------------------------------------------------------- start-up noise
+
+
+def test_entry_points_drop_bitsandbytes_kernel_warning_and_nothing_else(caplog):
+    import inspect
+
+    import bitsandbytes.backends.cpu.ops as bnb_cpu_ops
+
+    from transformers_blap.cli import KNOWN_STARTUP_NOISE
+
+    ((logger_name, prefix),) = KNOWN_STARTUP_NOISE
+    # The message is the one bitsandbytes logs at import on AVX-512 BF16 CPUs without the `kernels` package.
+    assert logger_name == bnb_cpu_ops.logger.name and f'"{prefix}: %s.' in inspect.getsource(bnb_cpu_ops)
+    logger = logging.getLogger(logger_name)
+    caplog.set_level(logging.WARNING)
+    try:
+        assert main(["push", "/nonexistent/folder", "someone/blap"]) == 2  # any `blap` run installs the filter
+        logger.warning(f"{prefix}: %s. Please make sure you already `pip install kernels`", "No module named kernels")
+        logger.warning("a real bitsandbytes problem")
+    finally:
+        logger.filters.clear()
+    assert [record.getMessage() for record in caplog.records if record.name == logger_name] == [
+        "a real bitsandbytes problem"
+    ]

@@ -8,6 +8,7 @@ themselves. A bad argument or input file ends the command with a one-line error 
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -188,6 +189,34 @@ def run_push(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------------- main
 
+# Start-up warnings of third-party packages that say nothing about the user's run: (logger, message prefix).
+# - bitsandbytes (imported by peft) tries, on CPUs with AVX-512 BF16, to fetch an optional 4-bit CPU kernel from the
+#   Hub's "kernels" package at import time and logs a warning when it is not installed; it then uses its own kernel.
+KNOWN_STARTUP_NOISE = (
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_third_party_startup() -> None:
+    """
+    Drops the `KNOWN_STARTUP_NOISE` messages (and only those: every other record of the same loggers passes). For
+    entry points (`blap`, the training scripts), not for the library: call it before the third-party imports.
+    """
+    for logger_name, prefix in KNOWN_STARTUP_NOISE:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropMessages(prefix))
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_caption_command,
     add_push_command,
@@ -208,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `blap` command; returns the exit status."""
+    quiet_third_party_startup()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
