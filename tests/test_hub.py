@@ -73,7 +73,7 @@ def test_model_card_validates_and_carries_metadata():
     assert data.library_name == "transformers"
     assert data.pipeline_tag == "audio-text-to-text"
     assert data.license == "apache-2.0"
-    assert data.base_model == "google/flan-t5-xl"
+    assert data.base_model is None  # the tiny config records no language-model source: no base model is claimed
     assert data.datasets == ["google/MusicCaps"]
     assert {"music-captioning", "custom_code", "my-tag"} <= set(data.tags)
     assert data.model_name == "blap-musiccaps"
@@ -98,6 +98,11 @@ def test_model_card_without_results_has_no_model_index():
     assert "model-index" not in str(card)
     assert ModelCard(str(card)).data.base_model == ["google/flan-t5-xl", "laion/clap-htsat-unfused"]
     assert "No evaluation results are recorded" in str(card)
+    # By default the base model is the language model the configuration was built from, when that is a Hub id.
+    config = tiny_config()
+    config.text_config._name_or_path = "google/flan-t5-base"
+    assert ModelCard(str(render_model_card(config))).data.base_model == "google/flan-t5-base"
+    assert "T5 from `google/flan-t5-base`, d_model 16" in str(render_model_card(config))
 
 
 def test_model_card_rejects_bad_results():
