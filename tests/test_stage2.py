@@ -460,7 +460,7 @@ def test_push_to_hub_uploads_a_card_with_data_hyperparameters_and_evaluation(
     assert "base_model: someone/blap-base" in card
     assert "| train | toy-train.csv | 8 | 8 |" in card and "| eval | toy-eval.csv | 3 | 3 |" in card
     assert "| learning_rate | 0.01 |" in card and "| total_train_batch_size | 2 |" in card
-    assert "| step | epoch | loss | bleu_1 | cider_d | gen_len |" in card
+    assert "| step | epoch | loss | BLEU@1 | CIDEr-D | gen_len |" in card
     # model-index: the final weights' scores, x100.
     assert "name: BLEU@1\n" in card and "value: 25.0\n" in card and "value: 12.5\n" in card
     assert "| toy-eval.csv | 25.0 | 12.5 |" in card

@@ -139,7 +139,9 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
         hyperparameters["caption_augmentation"] = repr(preparer.caption_augmentation)
     processor = trainer.processing_class
     if processor is not None:
-        hyperparameters["prompt"] = getattr(collator, "prompt", None) or processor.prompt
+        prompt = getattr(collator, "prompt", None) or getattr(processor, "prompt", None)
+        if prompt is not None:
+            hyperparameters["prompt"] = prompt
         hyperparameters["max_txt_len"] = processor.max_txt_len
     if hasattr(trainer, "_option"):  # stage 1
         hyperparameters["train_audio_encoder"] = trainer._option("train_audio_encoder")
