@@ -3,11 +3,13 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import httpx2
 import huggingface_hub
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from transformers_blap.hub import (
     add_remote_code,
     push_folder,
     remote_code_files,
+    render_folder_card,
     render_model_card,
 )
 
@@ -292,6 +295,79 @@ def test_push_folder_refuses_incomplete_folders(fake_hub, model_dir, tmp_path):
         push_folder(tmp_path, "someone/incomplete")
     assert main(["push", str(tmp_path / "missing"), "someone/incomplete"]) == 2
     assert fake_hub.commits == []
+
+
+def test_blap_push_merges_card_options_into_the_folders_card(fake_hub, model_dir, tmp_path, capsys):
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    render_folder_card(folder, "someone/blap-trained", tags=["blap-stage2"]).save(folder / "README.md")
+    original = (folder / "README.md").read_text()
+    report_file = tmp_path / "report.json"
+    report = {
+        "benchmark": {"benchmark": "musiccaps", "split": "eval"},
+        "metrics_x100": {"bleu_1": 21.5, "meteor": 9.5},
+    }
+    report_file.write_text(json.dumps(report))
+
+    # Without card options the folder's card goes up as it is.
+    assert main(["push", str(folder), "someone/blap-trained"]) == 0
+    assert fake_hub.files["someone/blap-trained"]["README.md"].decode() == original
+
+    argv = ["push", str(folder), "someone/blap-trained", "--license", "mit", "--dataset", "google/MusicCaps"]
+    assert main([*argv, "--eval-report", str(report_file), "--tag", "musiccaps"]) == 0
+    err = capsys.readouterr().err
+    assert f"merged --license, --dataset, --tag, --eval-report into the card of {folder / 'README.md'}" in err
+    card = ModelCard(fake_hub.files["someone/blap-trained"]["README.md"].decode())
+    assert card.data.license == "mit" and card.data.datasets == ["google/MusicCaps"]
+    assert {"blap-stage2", "musiccaps"} <= set(card.data.tags)
+    assert [
+        (r.dataset_type, r.dataset_split, r.metric_type, r.metric_name, r.metric_value) for r in card.data.eval_results
+    ] == [
+        ("google/MusicCaps", "eval", "bleu", "BLEU@1", 21.5),
+        ("google/MusicCaps", "eval", "meteor", "METEOR", 9.5),
+    ]
+    assert "| data set | BLEU@1 | METEOR |\n|---|---|---|\n| MusicCaps (eval) | 21.5 | 9.5 |" in card.text
+    assert "No evaluation results are recorded" not in card.text and card.text.count("## Evaluation") == 1
+    assert (folder / "README.md").read_text() == original  # the folder is not modified
+
+    # A hand-written card without the evaluation markers gets an evaluation section appended.
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# My BLAP\n\nNotes.\n")
+    assert main(["push", str(folder), "someone/blap-trained", "--eval-report", str(report_file)]) == 0
+    text = fake_hub.files["someone/blap-trained"]["README.md"].decode()
+    assert "# My BLAP\n\nNotes.\n\n## Evaluation\n\n<!-- blap:evaluation -->\n| data set | BLEU@1 | METEOR |" in text
+
+
+def _refuse_dns(monkeypatch):
+    def getaddrinfo(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_push_offline_or_refused_is_one_line(model_dir, monkeypatch, capsys):
+    _refuse_dns(monkeypatch)  # the network boundary: no host name resolves
+    assert main(["push", str(model_dir), "someone/blap", "--token", "hf_test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(
+        f"blap push: error: could not reach the Hub at {huggingface_hub.constants.ENDPOINT} to upload to someone/blap:"
+        " [Errno -2] Name or service not known. Check the network connection"
+    )
+    monkeypatch.undo()
+
+    def unauthorized(request):
+        return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"}, request=request)
+
+    huggingface_hub.utils.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(unauthorized)))
+    try:
+        assert main(["push", str(model_dir), "someone/blap", "--token", "hf_wrong"]) == 2
+    finally:
+        huggingface_hub.utils.set_client_factory(huggingface_hub.utils._http.default_client_factory)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("blap push: error: the Hub refused to upload someone/blap (")
+    assert "log in with `hf auth login` or pass a token with write access" in err
 
 
 # --------------------------------------------------------------------------- loading without the package
