@@ -31,7 +31,7 @@ from transformers_blap.hub import (
 )
 
 from blap_testing import RATE, save_tiny_blap, tiny_blap, tone
-from tiny import tiny_config
+from tiny import tiny_config, tiny_processor
 
 CODE_FILES = {
     "audio.py",
@@ -463,3 +463,19 @@ def test_entry_points_drop_bitsandbytes_kernel_warning_and_nothing_else(caplog):
     assert [record.getMessage() for record in caplog.records if record.name == logger_name] == [
         "a real bitsandbytes problem"
     ]
+
+
+def test_training_with_push_to_hub_offline_fails_in_one_line_before_training(monkeypatch, tmp_path, t5_tokenizer_dir):
+    from transformers_blap.hub import HubError
+    from transformers_blap.training import BlapStage2Trainer
+
+    from stage2_utils import deterministic_model, sgd_args
+
+    _refuse_dns(monkeypatch)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    args = sgd_args(tmp_path / "out", push_to_hub=True, hub_model_id="someone/blap-ft")
+    with pytest.raises(HubError) as raised:
+        BlapStage2Trainer(deterministic_model(), args, processing_class=tiny_processor(t5_tokenizer_dir))
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("could not reach the Hub at ")
+    assert "to create someone/blap-ft: [Errno -2] Name or service not known" in message

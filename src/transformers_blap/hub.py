@@ -706,6 +706,25 @@ def push_folder(
     )
 
 
+class HubErrorsInTrainer:
+    """
+    A `transformers.Trainer` mixin: `--push_to_hub` failures (creating the repository when the trainer starts,
+    uploading at the end) raise a one-line [`HubError`] naming the cause and the remedy instead of a chain of HTTP
+    client exceptions. Put it first among the bases: `class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer)`.
+    """
+
+    def _hub_repo_name(self) -> str:
+        return getattr(self, "hub_model_id", None) or self.args.hub_model_id or Path(self.args.output_dir).name
+
+    def init_hf_repo(self, *args: Any, **kwargs: Any) -> None:
+        with hub_errors(self._hub_repo_name(), "create"):
+            super().init_hf_repo(*args, **kwargs)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> CommitInfo:
+        with hub_errors(self._hub_repo_name()):
+            return super().push_to_hub(*args, **kwargs)
+
+
 # ----------------------------------------------------------------------------------- model save/push integration
 
 
@@ -798,6 +817,7 @@ __all__ = [
     "HUB_PIPELINE_TASK",
     "PAPER_RESULTS",
     "HubError",
+    "HubErrorsInTrainer",
     "add_remote_code",
     "eval_result",
     "eval_results_from_report",

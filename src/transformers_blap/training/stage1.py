@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..audio import load_audio
+from ..hub import HubErrorsInTrainer
 from ..processing_blap import BlapStage1Processor
 from .model_card import write_model_card
 
@@ -248,7 +249,7 @@ class _KeepLanguageModelSpecialTokens(TrainerCallback):
                 delattr(self.text_config, name)
 
 
-class BlapStage1Trainer(Trainer):
+class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
     """
     `Trainer` for [`BlapForRepresentationLearning`].
 

@@ -26,6 +26,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from ..configuration_blap import BlapConfig
+from ..hub import HubErrorsInTrainer
 from ..modeling_blap import BlapForConditionalGeneration
 from .collator import BlapDataCollator, as_caption_list
 from .data import CAPTIONS_COLUMN
@@ -418,7 +419,7 @@ class BlapStage2TrainingArguments(Seq2SeqTrainingArguments):
     )
 
 
-class BlapStage2Trainer(Seq2SeqTrainer):
+class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
     r"""
     [`Seq2SeqTrainer`] for BLAP stage 2 and caption fine-tuning.
 
