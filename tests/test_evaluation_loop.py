@@ -9,7 +9,13 @@ import soundfile
 import torch
 
 from transformers_blap import BlapForConditionalGeneration
-from transformers_blap.evaluation import PAPER_METRICS, MissingMetricResourceError, caption_metrics, load_musiccaps
+from transformers_blap.evaluation import (
+    PAPER_METRICS,
+    PUBLISHED_TABLE1,
+    MissingMetricResourceError,
+    caption_metrics,
+    load_musiccaps,
+)
 from transformers_blap.evaluation.loop import (
     default_predictions_path,
     prediction_fingerprint,
@@ -239,3 +245,17 @@ def test_predictions_of_two_models_and_two_settings_share_one_file(captioner, mu
     )
     calls.clear()
     assert evaluate("a-fast")["metrics"] == reports["a-fast"]["metrics"] and sum(calls) == 2
+
+
+def test_readme_shows_the_papers_table1(paper_table1):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    titles = {
+        "musiccaps": "MusicCaps",
+        "song_describer": "Song Describer",
+        "yt8m_musictextclips": "YouTube8M-MusicTextClips",
+    }
+    for benchmark, rows in paper_table1["benchmarks"].items():
+        for system, scores in rows.items():
+            cells = " | ".join(f"{scores[name]:.1f}" for name in ("bleu_1", "bleu_4", "fense", "spider", "spice"))
+            assert f"| {titles[benchmark]} | {system} | {cells} |" in readme
+    assert PUBLISHED_TABLE1 == paper_table1["benchmarks"]
