@@ -60,6 +60,7 @@ from transformers_blap import (
     BlapStage1Processor,
     build_qformer_tokenizer,
 )
+from transformers_blap.hub import CARD_LIBRARY_NAME, CARD_PIPELINE_TAG
 from transformers_blap.modeling_blap import untie_lm_head
 from transformers_blap.synthetic import (
     ATTRIBUTE_CLASSES,
@@ -565,8 +566,8 @@ def demo_model_card(results: dict) -> str:
     return "\n".join(
         [
             "---",
-            "library_name: transformers_blap",
-            "pipeline_tag: audio-to-text",
+            f"library_name: {CARD_LIBRARY_NAME}",
+            f"pipeline_tag: {CARD_PIPELINE_TAG}",
             "tags: [blap, music-captioning, synthetic-data]",
             "---",
             "",

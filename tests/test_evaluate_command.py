@@ -61,7 +61,8 @@ def test_evaluate_errors_are_one_line_and_early(saved_model, musiccaps_dir, tmp_
     csv = ["--csv", str(DATA / "musiccaps_sample.csv")]
     assert main([*base, *csv, "--output", str(output), "--metrics-cache", str(tmp_path / "empty"), *FAST]) == 2
     error = capsys.readouterr().err
-    assert "FENSE fluency-error detector" in error and "setup_metrics --cache-dir" in error
+    assert "FENSE fluency-error detector" in error and "blap setup-metrics --cache-dir" in error
+    assert "blap evaluate --metrics ngram" in error
     assert not output.exists() and not (tmp_path / "report.predictions.jsonl").exists()
 
     with pytest.raises(SystemExit):

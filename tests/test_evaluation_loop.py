@@ -9,8 +9,20 @@ import soundfile
 import torch
 
 from transformers_blap import BlapForConditionalGeneration
-from transformers_blap.evaluation import PAPER_METRICS, MissingMetricResourceError, caption_metrics, load_musiccaps
-from transformers_blap.evaluation.loop import default_predictions_path, read_predictions, run_evaluation
+from transformers_blap.evaluation import (
+    PAPER_METRICS,
+    PUBLISHED_TABLE1,
+    MissingMetricResourceError,
+    caption_metrics,
+    load_musiccaps,
+)
+from transformers_blap.evaluation.loop import (
+    default_predictions_path,
+    prediction_fingerprint,
+    read_predictions,
+    run_evaluation,
+    weights_sha256,
+)
 
 from metric_stand_ins import STAND_IN_SCORER_KWARGS
 from tiny import tiny_config, tiny_processor
@@ -57,7 +69,13 @@ def _evaluate(captioner, benchmark, report_path, **kwargs):
     )
 
 
-def test_report_predictions_and_table(captioner, musiccaps, capsys):
+@pytest.fixture
+def paper_table1(fixture_dir):
+    """The paper's Table 1 as shared beside the fixtures (../shared/paper/table1.json)."""
+    return json.loads((fixture_dir.parents[1] / "paper" / "table1.json").read_text())
+
+
+def test_report_predictions_and_table(captioner, musiccaps, capsys, paper_table1):
     benchmark, report_path = musiccaps
     predictions = default_predictions_path(report_path)
     report = _evaluate(captioner, benchmark, report_path, model_name="tiny-blap")
@@ -81,11 +99,19 @@ def test_report_predictions_and_table(captioner, musiccaps, capsys):
     printed = capsys.readouterr().out
     assert "musiccaps (eval): 4 clips listed, 3 with audio, 1 missing audio" in printed
     assert "1 clips failed" in printed
-    assert "MusicCaps - eval, 2 clips scored (x100)" in printed
-    header, published, ours = printed.strip().splitlines()[-3:]
+    lines = printed.strip().splitlines()
+    title = lines.index("MusicCaps - eval, 2 clips scored (x100)")
+    header, *published, ours, source = lines[title + 1 :]
     assert header.split() == ["Model", "BLEU@1", "BLEU@4", "FENSE", "SPIDEr", "SPICE"]
-    assert published.split() == ["BLAP", "(published)", "26.2", "3.3", "56.6", "8.8", "11.2"]
     assert ours.split()[0] == "tiny-blap" and ours.split()[3] == f"{100 * report['metrics']['fense']:.1f}"
+    assert source.startswith("Published rows: Lanzend") and "Table 1" in source
+    # Every published MusicCaps row of the paper's Table 1, numbers exactly as in the paper (the shared copy).
+    paper = paper_table1["benchmarks"]["musiccaps"]
+    columns = ["bleu_1", "bleu_4", "fense", "spider", "spice"]
+    expected_rows = [[name, "(published)", *(f"{paper[name][column]:.1f}" for column in columns)] for name in paper]
+    assert [row.split() for row in published] == expected_rows
+    assert [row[0] for row in expected_rows] == ["Pengi", "Qwen-Audio", "Salmonn", "LP-MusicCaps", "BLAP"]
+    assert report["published_table1"]["rows"] == paper and "Table 1" in report["published_table1"]["source"]
 
 
 def test_resume_generates_only_what_is_missing(captioner, musiccaps):
@@ -151,3 +177,85 @@ def test_predictions_of_another_benchmark_are_refused(captioner, musiccaps):
     predictions.write_text('{"benchmark": "song_describer", "clip_id": "1", "caption": "x"}\n')
     with pytest.raises(ValueError, match="holds predictions for benchmark 'song_describer', not 'musiccaps'"):
         _evaluate(captioner, benchmark, report_path)
+
+
+def test_predictions_of_two_models_and_two_settings_share_one_file(captioner, musiccaps, capsys):
+    benchmark, report_path = musiccaps
+    predictions = default_predictions_path(report_path)
+    model_a, processor, calls = captioner
+    torch.manual_seed(1)
+    model_b = BlapForConditionalGeneration(tiny_config()).eval()
+    other_settings = {**FAST, "num_beams": 1}
+    runs = {
+        "a-fast": (model_a, FAST),
+        "b-fast": (model_b, FAST),
+        "a-greedy": (model_a, other_settings),
+    }
+    identities = {name: prediction_fingerprint(model, processor, settings) for name, (model, settings) in runs.items()}
+    assert len({identity["fingerprint"] for identity in identities.values()}) == 3
+    assert identities["a-fast"]["weights_sha256"] == weights_sha256(model_a) != weights_sha256(model_b)
+
+    def evaluate(name):
+        model, settings = runs[name]
+        return run_evaluation(
+            model,
+            processor,
+            benchmark,
+            report_path,
+            batch_size=2,
+            generate_kwargs=settings,
+            metrics=PAPER_METRICS,
+            scorer_kwargs=STAND_IN_SCORER_KWARGS,
+            model_name=name,
+        )
+
+    reports = {}
+    for name in ("a-fast", "b-fast", "a-greedy"):
+        calls.clear()
+        reports[name] = evaluate(name)
+        assert sum(calls) == (2 if name.startswith("a") else 0)  # model a counts its calls: both clips again
+        printed = capsys.readouterr().out
+        if name != "a-fast":
+            assert "0 captions of this model and settings reused; 2 clips captioned by another model" in printed
+        assert reports[name]["predictions_reused"] == 0
+    # Each line names what made it; the report's scores are those of its own model's captions.
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    for record in records:
+        assert {"fingerprint", "model", "weights_sha256", "generation", "prompt"} <= set(record)
+    for name, report in reports.items():
+        assert report["model"] == name and report["fingerprint"] == identities[name]["fingerprint"]
+        assert report["generation"]["num_beams"] == runs[name][1]["num_beams"]
+        mine = {
+            r["clip_id"]: r["caption"] for r in records if r["fingerprint"] == report["fingerprint"] and "caption" in r
+        }
+        assert all(r["model"] == name for r in records if r["fingerprint"] == report["fingerprint"])
+        references = [clip.references for clip in benchmark.clips if clip.clip_id in mine]
+        expected = caption_metrics(list(mine.values()), references, metrics=PAPER_METRICS, **STAND_IN_SCORER_KWARGS)
+        assert report["metrics"] == pytest.approx(expected, abs=1e-12)
+    assert reports["a-fast"]["metrics"] != reports["b-fast"]["metrics"]
+
+    # Back to model a with its first settings: its own lines are reused, nothing is captioned again.
+    calls.clear()
+    again = evaluate("a-fast")
+    assert calls == [] and again["metrics"] == reports["a-fast"]["metrics"] and again["predictions_reused"] == 2
+    assert "2 captions of this model and settings reused" in capsys.readouterr().out
+    # Lines without a fingerprint (an older file) are not trusted: those clips are captioned again.
+    predictions.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "fingerprint"}) + "\n" for r in records)
+    )
+    calls.clear()
+    assert evaluate("a-fast")["metrics"] == reports["a-fast"]["metrics"] and sum(calls) == 2
+
+
+def test_readme_shows_the_papers_table1(paper_table1):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    titles = {
+        "musiccaps": "MusicCaps",
+        "song_describer": "Song Describer",
+        "yt8m_musictextclips": "YouTube8M-MusicTextClips",
+    }
+    for benchmark, rows in paper_table1["benchmarks"].items():
+        for system, scores in rows.items():
+            cells = " | ".join(f"{scores[name]:.1f}" for name in ("bleu_1", "bleu_4", "fense", "spider", "spice"))
+            assert f"| {titles[benchmark]} | {system} | {cells} |" in readme
+    assert PUBLISHED_TABLE1 == paper_table1["benchmarks"]

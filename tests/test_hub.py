@@ -1,12 +1,15 @@
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import httpx2
 import huggingface_hub
 import numpy as np
 import pytest
@@ -23,11 +26,12 @@ from transformers_blap.hub import (
     add_remote_code,
     push_folder,
     remote_code_files,
+    render_folder_card,
     render_model_card,
 )
 
 from blap_testing import RATE, save_tiny_blap, tiny_blap, tone
-from tiny import tiny_config
+from tiny import tiny_config, tiny_processor
 
 CODE_FILES = {
     "audio.py",
@@ -72,7 +76,7 @@ def test_model_card_validates_and_carries_metadata():
     assert data.library_name == "transformers"
     assert data.pipeline_tag == "audio-text-to-text"
     assert data.license == "apache-2.0"
-    assert data.base_model == "google/flan-t5-xl"
+    assert data.base_model is None  # the tiny config records no language-model source: no base model is claimed
     assert data.datasets == ["google/MusicCaps"]
     assert {"music-captioning", "custom_code", "my-tag"} <= set(data.tags)
     assert data.model_name == "blap-musiccaps"
@@ -97,6 +101,11 @@ def test_model_card_without_results_has_no_model_index():
     assert "model-index" not in str(card)
     assert ModelCard(str(card)).data.base_model == ["google/flan-t5-xl", "laion/clap-htsat-unfused"]
     assert "No evaluation results are recorded" in str(card)
+    # By default the base model is the language model the configuration was built from, when that is a Hub id.
+    config = tiny_config()
+    config.text_config._name_or_path = "google/flan-t5-base"
+    assert ModelCard(str(render_model_card(config))).data.base_model == "google/flan-t5-base"
+    assert "T5 from `google/flan-t5-base`, d_model 16" in str(render_model_card(config))
 
 
 def test_model_card_rejects_bad_results():
@@ -288,6 +297,79 @@ def test_push_folder_refuses_incomplete_folders(fake_hub, model_dir, tmp_path):
     assert fake_hub.commits == []
 
 
+def test_blap_push_merges_card_options_into_the_folders_card(fake_hub, model_dir, tmp_path, capsys):
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    render_folder_card(folder, "someone/blap-trained", tags=["blap-stage2"]).save(folder / "README.md")
+    original = (folder / "README.md").read_text()
+    report_file = tmp_path / "report.json"
+    report = {
+        "benchmark": {"benchmark": "musiccaps", "split": "eval"},
+        "metrics_x100": {"bleu_1": 21.5, "meteor": 9.5},
+    }
+    report_file.write_text(json.dumps(report))
+
+    # Without card options the folder's card goes up as it is.
+    assert main(["push", str(folder), "someone/blap-trained"]) == 0
+    assert fake_hub.files["someone/blap-trained"]["README.md"].decode() == original
+
+    argv = ["push", str(folder), "someone/blap-trained", "--license", "mit", "--dataset", "google/MusicCaps"]
+    assert main([*argv, "--eval-report", str(report_file), "--tag", "musiccaps"]) == 0
+    err = capsys.readouterr().err
+    assert f"merged --license, --dataset, --tag, --eval-report into the card of {folder / 'README.md'}" in err
+    card = ModelCard(fake_hub.files["someone/blap-trained"]["README.md"].decode())
+    assert card.data.license == "mit" and card.data.datasets == ["google/MusicCaps"]
+    assert {"blap-stage2", "musiccaps"} <= set(card.data.tags)
+    assert [
+        (r.dataset_type, r.dataset_split, r.metric_type, r.metric_name, r.metric_value) for r in card.data.eval_results
+    ] == [
+        ("google/MusicCaps", "eval", "bleu", "BLEU@1", 21.5),
+        ("google/MusicCaps", "eval", "meteor", "METEOR", 9.5),
+    ]
+    assert "| data set | BLEU@1 | METEOR |\n|---|---|---|\n| MusicCaps (eval) | 21.5 | 9.5 |" in card.text
+    assert "No evaluation results are recorded" not in card.text and card.text.count("## Evaluation") == 1
+    assert (folder / "README.md").read_text() == original  # the folder is not modified
+
+    # A hand-written card without the evaluation markers gets an evaluation section appended.
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# My BLAP\n\nNotes.\n")
+    assert main(["push", str(folder), "someone/blap-trained", "--eval-report", str(report_file)]) == 0
+    text = fake_hub.files["someone/blap-trained"]["README.md"].decode()
+    assert "# My BLAP\n\nNotes.\n\n## Evaluation\n\n<!-- blap:evaluation -->\n| data set | BLEU@1 | METEOR |" in text
+
+
+def _refuse_dns(monkeypatch):
+    def getaddrinfo(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_push_offline_or_refused_is_one_line(model_dir, monkeypatch, capsys):
+    _refuse_dns(monkeypatch)  # the network boundary: no host name resolves
+    assert main(["push", str(model_dir), "someone/blap", "--token", "hf_test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(
+        f"blap push: error: could not reach the Hub at {huggingface_hub.constants.ENDPOINT} to upload to someone/blap:"
+        " [Errno -2] Name or service not known. Check the network connection"
+    )
+    monkeypatch.undo()
+
+    def unauthorized(request):
+        return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"}, request=request)
+
+    huggingface_hub.utils.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(unauthorized)))
+    try:
+        assert main(["push", str(model_dir), "someone/blap", "--token", "hf_wrong"]) == 2
+    finally:
+        huggingface_hub.utils.set_client_factory(huggingface_hub.utils._http.default_client_factory)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("blap push: error: the Hub refused to upload someone/blap (")
+    assert "log in with `hf auth login` or pass a token with write access" in err
+
+
 # --------------------------------------------------------------------------- loading without the package
 
 FRESH_INTERPRETER = textwrap.dedent(
@@ -355,3 +437,45 @@ def test_loads_with_trust_remote_code_where_the_package_is_not_importable(
         expected = pipeline("audio-to-text", model=str(folder), device="cpu")(audio, sampling_rate=RATE)
         assert report["result"] == expected
         assert len(expected[0]["windows"]) == 3
+
+
+# ------------------------------------------------------------------------------------------- start-up noise
+
+
+def test_entry_points_drop_bitsandbytes_kernel_warning_and_nothing_else(caplog):
+    import inspect
+
+    import bitsandbytes.backends.cpu.ops as bnb_cpu_ops
+
+    from transformers_blap.cli import KNOWN_STARTUP_NOISE
+
+    ((logger_name, prefix),) = KNOWN_STARTUP_NOISE
+    # The message is the one bitsandbytes logs at import on AVX-512 BF16 CPUs without the `kernels` package.
+    assert logger_name == bnb_cpu_ops.logger.name and f'"{prefix}: %s.' in inspect.getsource(bnb_cpu_ops)
+    logger = logging.getLogger(logger_name)
+    caplog.set_level(logging.WARNING)
+    try:
+        assert main(["push", "/nonexistent/folder", "someone/blap"]) == 2  # any `blap` run installs the filter
+        logger.warning(f"{prefix}: %s. Please make sure you already `pip install kernels`", "No module named kernels")
+        logger.warning("a real bitsandbytes problem")
+    finally:
+        logger.filters.clear()
+    assert [record.getMessage() for record in caplog.records if record.name == logger_name] == [
+        "a real bitsandbytes problem"
+    ]
+
+
+def test_training_with_push_to_hub_offline_fails_in_one_line_before_training(monkeypatch, tmp_path, t5_tokenizer_dir):
+    from transformers_blap.hub import HubError
+    from transformers_blap.training import BlapStage2Trainer
+
+    from stage2_utils import deterministic_model, sgd_args
+
+    _refuse_dns(monkeypatch)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    args = sgd_args(tmp_path / "out", push_to_hub=True, hub_model_id="someone/blap-ft")
+    with pytest.raises(HubError) as raised:
+        BlapStage2Trainer(deterministic_model(), args, processing_class=tiny_processor(t5_tokenizer_dir))
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("could not reach the Hub at ")
+    assert "to create someone/blap-ft: [Errno -2] Name or service not known" in message

@@ -2,10 +2,13 @@
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 
+from transformers_blap.cli import main as cli_main
 from transformers_blap.evaluation import resources, setup_metrics
 from transformers_blap.evaluation.resources import missing_fense_files, missing_sbert_files, missing_spice_files
 
@@ -71,3 +74,42 @@ def test_setup_spice_uses_pycocoevalcaps_downloader(tmp_path, monkeypatch):
     assert len(missing_spice_files()) == 2
     setup_metrics.main(["--cache-dir", str(tmp_path / "cache"), "--skip-fense"])
     assert missing_spice_files() == []
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every host name lookup fails, as on a machine without DNS (the socket boundary replaced)."""
+
+    def getaddrinfo(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert cli_main(["setup-metrics", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("blap setup-metrics: error: could not fetch ")
+    assert "Name or service not known" in lines[0] and "run `blap setup-metrics` again" in lines[0]
+    return lines[0]
+
+
+def test_offline_setup_names_what_it_tried_to_fetch_in_one_line(offline, tmp_path, monkeypatch, capsys):
+    import pycocoevalcap.spice.get_stanford_models as downloader
+
+    monkeypatch.setattr(resources, "CORENLP_JARS", (tmp_path / "lib" / "corenlp.jar",))
+    monkeypatch.setattr(downloader, "SPICEDIR", str(tmp_path))  # pycocoevalcap's own check finds no jar either
+    cache = tmp_path / "cache"
+    line = _one_line_error(capsys, ["--cache-dir", str(cache), "--skip-fense"])
+    assert "Stanford CoreNLP 3.6.0 for SPICE from http://nlp.stanford.edu/software/stanford-corenlp-full" in line
+
+    line = _one_line_error(capsys, ["--cache-dir", str(cache), "--skip-spice"])
+    assert f"the Sentence-BERT model from {huggingface_hub.constants.ENDPOINT}/{resources.SBERT_REPO_ID}:" in line
+
+    resources.sbert_dir(cache).mkdir(parents=True)
+    (resources.sbert_dir(cache) / "modules.json").write_text("[]")  # Sentence-BERT in place: FENSE is next
+    line = _one_line_error(capsys, ["--cache-dir", str(cache), "--skip-spice"])
+    assert f"the FENSE fluency-error detector from {resources.FENSE_CHECKPOINT_URL}:" in line
+    assert not resources.fense_checkpoint_path(cache).exists()

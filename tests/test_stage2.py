@@ -460,7 +460,7 @@ def test_push_to_hub_uploads_a_card_with_data_hyperparameters_and_evaluation(
     assert "base_model: someone/blap-base" in card
     assert "| train | toy-train.csv | 8 | 8 |" in card and "| eval | toy-eval.csv | 3 | 3 |" in card
     assert "| learning_rate | 0.01 |" in card and "| total_train_batch_size | 2 |" in card
-    assert "| step | epoch | loss | bleu_1 | cider_d | gen_len |" in card
+    assert "| step | epoch | loss | BLEU@1 | CIDEr-D | gen_len |" in card
     # model-index: the final weights' scores, x100.
     assert "name: BLEU@1\n" in card and "value: 25.0\n" in card and "value: 12.5\n" in card
     assert "| toy-eval.csv | 25.0 | 12.5 |" in card
@@ -521,10 +521,10 @@ def test_finetuning_is_one_command(processor, tmp_path):
     }
     card = (output / "README.md").read_text()
     assert "| train | train.csv | 4 | 8 |" in card and "| eval | eval.csv | 2 | 2 |" in card
-    assert "| step | epoch | loss | bleu_1 | bleu_4 | meteor | rouge_l | cider_d | gen_len |" in card
+    assert "| step | epoch | loss | BLEU@1 | BLEU@4 | METEOR | ROUGE-L | CIDEr-D | gen_len |" in card
     assert "PhraseDropping" in card
-    assert "base_model: google/flan-t5-xl" in card  # a local starting point is no Hub base model
-    assert "- type: cider_d\n" in card and "## Evaluation during training" in card
+    assert "base_model:" not in card  # a local starting point and a T5 without a Hub id: no base model claimed
+    assert "- type: cider\n" in card and "name: CIDEr-D\n" in card and "## Evaluation during training" in card
     BlapForConditionalGeneration.from_pretrained(output)
 
 
@@ -548,7 +548,8 @@ def test_lora_finetuning_from_the_command_line_saves_the_adapter(processor, tmp_
     assert (output / "lora" / "adapter_model.safetensors").is_file()
     assert (output / "stage2_trainable.safetensors").is_file() and not (output / "model.safetensors").exists()
     card = (output / "README.md").read_text()
-    assert "library_name: peft" in card and "| lora | r=2," in card and "caption_augmentation | None" in card
+    assert "library_name: transformers" in card and "- lora\n" in card
+    assert "| lora | r=2," in card and "caption_augmentation | None" in card
     model = load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), output)
     assert not any(param.requires_grad for param in model.parameters())
 

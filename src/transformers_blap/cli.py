@@ -10,6 +10,7 @@ and status 130 / 143.
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -142,10 +143,16 @@ def add_push_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--commit-message", default="Upload BLAP model")
     parser.add_argument("--token", help="Hub token (default: the one saved by `hf auth login`)")
-    card = parser.add_argument_group("model card (when the folder has no README.md)")
+    card = parser.add_argument_group(
+        "model card",
+        "Without README.md in the folder, a card is rendered from the folder's configs with these options; with one,"
+        " the options given are merged into it (metadata, model-index and its evaluation table).",
+    )
     card.add_argument("--model-name", help="title and model-index name (default: the repository name)")
-    card.add_argument("--license", default="apache-2.0", help="license of the weights (Hub license id)")
-    card.add_argument("--base-model", action="append", help="base model id (repeatable; default google/flan-t5-xl)")
+    card.add_argument("--license", help="license of the weights (Hub license id; default for a new card: apache-2.0)")
+    card.add_argument(
+        "--base-model", action="append", help="base model id (repeatable; default: the language model's Hub id)"
+    )
     card.add_argument("--dataset", action="append", help="training data set id (repeatable)")
     card.add_argument("--tag", action="append", default=[], help="extra tag (repeatable)")
     card.add_argument("--eval-report", action="append", default=[], help="a `blap evaluate` report.json (repeatable)")
@@ -158,35 +165,62 @@ def add_push_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_push)
 
 
+# The `blap push` options that go into the model card.
+CARD_OPTIONS = (
+    "model_name",
+    "license",
+    "base_model",
+    "dataset",
+    "tag",
+    "eval_report",
+    "eval_results",
+    "paper_results",
+)
+
+
+def _push_eval_results(args: argparse.Namespace) -> list[dict]:
+    from .hub import PAPER_RESULTS, eval_results_from_report
+
+    eval_results = list(PAPER_RESULTS) if args.paper_results else []
+    for report_file in args.eval_report:
+        with open(report_file, encoding="utf-8") as handle:
+            eval_results += eval_results_from_report(json.load(handle))
+    if args.eval_results:
+        with open(args.eval_results, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+        if not isinstance(loaded, list):
+            raise ValueError(f"{args.eval_results} must hold a JSON list of results, got {type(loaded).__name__}.")
+        eval_results += loaded
+    return eval_results
+
+
 def run_push(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .configuration_blap import BlapConfig
-    from .hub import DEFAULT_BASE_MODEL, PAPER_RESULTS, eval_results_from_report, push_folder, render_model_card
+    from .hub import DEFAULT_LICENSE, merge_card_options, push_folder, render_folder_card
 
     folder = Path(args.folder)
-    model_card = None
-    if not (folder / "README.md").is_file():
-        eval_results = list(PAPER_RESULTS) if args.paper_results else []
-        for report_file in args.eval_report:
-            with open(report_file, encoding="utf-8") as handle:
-                eval_results += eval_results_from_report(json.load(handle))
-        if args.eval_results:
-            with open(args.eval_results, encoding="utf-8") as handle:
-                loaded = json.load(handle)
-            if not isinstance(loaded, list):
-                raise ValueError(f"{args.eval_results} must hold a JSON list of results, got {type(loaded).__name__}.")
-            eval_results += loaded
-        model_card = render_model_card(
-            BlapConfig.from_pretrained(folder),
-            repo_id=args.repo_id,
-            model_name=args.model_name,
-            license=args.license,
-            base_model=args.base_model or DEFAULT_BASE_MODEL,
-            datasets=args.dataset,
-            tags=args.tag,
-            eval_results=eval_results,
+    if not folder.is_dir():
+        raise FileNotFoundError(f"The folder to push, {folder}, does not exist.")
+    options = {
+        "model_name": args.model_name,
+        "license": args.license,
+        "base_model": args.base_model,
+        "datasets": args.dataset,
+        "tags": args.tag,
+        "eval_results": _push_eval_results(args),
+    }
+    readme = folder / "README.md"
+    if not readme.is_file():
+        model_card = render_folder_card(
+            folder, repo_id=args.repo_id, **{**options, "license": args.license or DEFAULT_LICENSE}
         )
+    elif any(options.values()):
+        model_card = merge_card_options(readme.read_text(encoding="utf-8"), **options)
+        given = ", ".join(f"--{name.replace('_', '-')}" for name in CARD_OPTIONS if getattr(args, name))
+        print(f"blap push: merged {given} into the card of {readme} (the folder is not changed).", file=sys.stderr)
+    else:
+        model_card = None
     commit = push_folder(
         folder,
         args.repo_id,
@@ -202,6 +236,34 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------- main
+
+# Start-up warnings of third-party packages that say nothing about the user's run: (logger, message prefix).
+# - bitsandbytes (imported by peft) tries, on CPUs with AVX-512 BF16, to fetch an optional 4-bit CPU kernel from the
+#   Hub's "kernels" package at import time and logs a warning when it is not installed; it then uses its own kernel.
+KNOWN_STARTUP_NOISE = (
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_third_party_startup() -> None:
+    """
+    Drops the `KNOWN_STARTUP_NOISE` messages (and only those: every other record of the same loggers passes). For
+    entry points (`blap`, the training scripts), not for the library: call it before the third-party imports.
+    """
+    for logger_name, prefix in KNOWN_STARTUP_NOISE:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropMessages(prefix))
+
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_caption_command,
@@ -232,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `blap` command; returns the exit status."""
+    quiet_third_party_startup()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower() in {"1", "true", "yes"}

@@ -814,6 +814,9 @@ def convert_original_checkpoint(
         # The paper's numbers describe the authors' release only, not any checkpoint in its format.
         eval_results=PAPER_RESULTS if from_hub == DEFAULT_HUB_REPO else None,
         description=_card_description(blap_config, model, from_hub or checkpoint.name, text_source, dtype),
+        feature_extractor=feature_extractor,
+        generation_config=model.generation_config,
+        prompt=processor.prompt,
     )
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,14 @@ from .benchmarks import (
     load_yt8m_musictextclips,
 )
 from .fense import BertFluencyErrorDetector, FluencyErrorDetector, SentenceEncoder, SentenceTransformerEncoder
-from .loop import generate_predictions, read_predictions, run_evaluation
+from .loop import (
+    generate_predictions,
+    prediction_fingerprint,
+    read_prediction_records,
+    read_predictions,
+    run_evaluation,
+    weights_sha256,
+)
 from .metrics import (
     ALL_METRICS,
     BLEU_METRICS,
@@ -22,7 +29,7 @@ from .metrics import (
     CaptionScorer,
     caption_metrics,
 )
-from .report import PUBLISHED_TABLE1, format_table1
+from .report import METRIC_DISPLAY_NAMES, PUBLISHED_TABLE1, TABLE1_SOURCE, format_table1
 from .resources import SETUP_COMMAND, MissingMetricResourceError, default_cache_dir
 
 # `evaluate.load(BLAP_CAPTION_METRIC_PATH)` gives the caption metrics as an `evaluate` module, offline.
@@ -35,10 +42,12 @@ __all__ = [
     "BLEU_METRICS",
     "NGRAM_METRICS",
     "PAPER_METRICS",
+    "METRIC_DISPLAY_NAMES",
     "PUBLISHED_TABLE1",
     "SENTENCE_METRICS",
     "SETUP_COMMAND",
     "SPICE_METRICS",
+    "TABLE1_SOURCE",
     "Benchmark",
     "BenchmarkClip",
     "BertFluencyErrorDetector",
@@ -54,6 +63,9 @@ __all__ = [
     "load_musiccaps",
     "load_song_describer",
     "load_yt8m_musictextclips",
+    "prediction_fingerprint",
+    "read_prediction_records",
     "read_predictions",
     "run_evaluation",
+    "weights_sha256",
 ]

@@ -23,8 +23,8 @@ _DESCRIPTION = """
 Corpus-level caption metrics of the BLAP paper (Lanzendörfer et al. 2024): BLEU@1-4, METEOR, ROUGE-L and CIDEr-D from
 pycocoevalcap after Stanford PTB tokenization (CIDEr-D's document frequencies from the evaluated references), SPICE,
 SPIDEr = (CIDEr-D + SPICE) / 2, Sentence-BERT similarity (paraphrase-TinyBERT-L6-v2), fluency-error rate and FENSE.
-SPICE and the Sentence-BERT/FENSE models are fetched once with
-`python -m transformers_blap.evaluation.setup_metrics`; BLEU, METEOR, ROUGE-L and CIDEr-D need only Java.
+SPICE and the Sentence-BERT/FENSE models are fetched once with `blap setup-metrics`;
+BLEU, METEOR, ROUGE-L and CIDEr-D need only Java.
 """
 
 _CITATION = """

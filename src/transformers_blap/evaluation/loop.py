@@ -1,8 +1,14 @@
 """
 The evaluation loop: caption a benchmark with a BLAP model, keep the predictions in a resumable JSON Lines file, score
 them with the paper's metrics, write `report.json` and print the scores beside Table 1 of the paper.
+
+Every prediction line carries the fingerprint of what made it: a content hash of the model's weights (with the path or
+Hub id and the Hub revision it was loaded from), the generation settings, the prompt and the long-audio policy. A rerun
+reuses only the lines whose fingerprint equals the current run's, so one predictions file can hold the captions of
+several models and settings and a report only ever scores the captions of the model it names.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +22,7 @@ import torch
 from ..audio import load_audio
 from .benchmarks import Benchmark, BenchmarkClip
 from .metrics import ALL_METRICS, CaptionScorer
-from .report import format_table1
+from .report import format_table1, published_rows
 
 logger = logging.getLogger(__name__)
 
@@ -26,27 +32,27 @@ def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     return load_audio(path, sampling_rate=sampling_rate)
 
 
-def read_predictions(path: str | os.PathLike, benchmark_name: str) -> dict[str, dict[str, Any]]:
+def read_prediction_records(path: str | os.PathLike, benchmark_name: str) -> list[dict[str, Any]]:
     """
-    The records of a predictions file, the last one per clip. Lines cut short by an interrupted run are dropped (and
-    the file rewritten without them, so that new records start on a fresh line).
+    Every record of a predictions file, in file order. Lines cut short by an interrupted run are dropped (and the file
+    rewritten without them, so that new records start on a fresh line).
 
     Args:
         path (`str` or `os.PathLike`): the JSON Lines file (absent: no records).
         benchmark_name (`str`): the benchmark the file must belong to.
 
     Returns:
-        `dict[str, dict]`: clip id -> record (`{"benchmark", "clip_id", "audio_path", "caption" or "error", ...}`).
+        `list[dict]`: the records (`{"benchmark", "clip_id", "audio_path", "caption" or "error", "fingerprint", ...}`).
     """
     path = Path(path)
     if not path.is_file():
-        return {}
+        return []
     text = path.read_text(encoding="utf-8")
-    records, kept_lines, dropped = {}, [], 0
+    records, kept_lines, dropped = [], [], 0
     for line in text.splitlines():
         try:
             record = json.loads(line)
-            clip_id = record["clip_id"]
+            record["clip_id"]
         except (json.JSONDecodeError, TypeError, KeyError):
             dropped += 1
             continue
@@ -55,7 +61,7 @@ def read_predictions(path: str | os.PathLike, benchmark_name: str) -> dict[str, 
                 f"{path} holds predictions for benchmark {record.get('benchmark')!r}, not {benchmark_name!r}: "
                 "use another output folder"
             )
-        records[clip_id] = record
+        records.append(record)
         kept_lines.append(line)
     if dropped or (text and not text.endswith("\n")):
         logger.warning("%s: dropping %d unreadable line(s) left by an interrupted run", path, dropped)
@@ -65,18 +71,86 @@ def read_predictions(path: str | os.PathLike, benchmark_name: str) -> dict[str, 
     return records
 
 
+def read_predictions(
+    path: str | os.PathLike, benchmark_name: str, fingerprint: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """
+    The records of a predictions file, the last one per clip (see `read_prediction_records`).
+
+    Args:
+        path (`str` or `os.PathLike`): the JSON Lines file (absent: no records).
+        benchmark_name (`str`): the benchmark the file must belong to.
+        fingerprint (`str`, *optional*): keep only the records made with this fingerprint (see
+            `prediction_fingerprint`); by default every record counts.
+
+    Returns:
+        `dict[str, dict]`: clip id -> record.
+    """
+    return {
+        record["clip_id"]: record
+        for record in read_prediction_records(path, benchmark_name)
+        if fingerprint is None or record.get("fingerprint") == fingerprint
+    }
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """
+    A content hash of a model's weights as they are in memory: SHA-256 over every state-dict entry's name, dtype,
+    shape and bytes, in name order. Equal weights in the same dtype give the same hash wherever they were loaded from.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def prediction_fingerprint(
+    model, processor, generate_kwargs: Mapping[str, Any] | None = None, model_name: str | None = None
+) -> dict[str, Any]:
+    """
+    What identifies the captions a run makes, written into every prediction line and into the report.
+
+    Args:
+        model (`BlapForConditionalGeneration`): the captioner.
+        processor (`BlapProcessor`): its prompt and feature extractor's `long_audio` policy.
+        generate_kwargs (`Mapping`, *optional*): generation options on top of `model.generation_config`.
+        model_name (`str`, *optional*): the model's path or Hub id (default: `model.name_or_path`).
+
+    Returns:
+        `dict`: `fingerprint` (16 hex digits over the weights hash, generation settings, prompt and long-audio
+        policy), `model` (path or Hub id), `model_revision` (the Hub commit it was loaded from, else `None`),
+        `weights_sha256`, `generation`, `prompt`, `long_audio`.
+    """
+    identity = {
+        "weights_sha256": weights_sha256(model),
+        "generation": _generation_settings(model, generate_kwargs or {}),
+        "prompt": getattr(processor, "prompt", None),
+        "long_audio": getattr(processor.feature_extractor, "long_audio", None),
+    }
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    config = getattr(model, "config", None)
+    return {
+        "fingerprint": fingerprint,
+        "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        "model_revision": getattr(config, "_commit_hash", None),
+        **identity,
+    }
+
+
 def _error_text(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
 def _generation_settings(model, generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    settings = {}
+    """The generation settings in effect: the model's generation config (what differs from the defaults), overridden
+    by `generate_kwargs`, in name order."""
     generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None:
-        settings.update(generation_config.to_diff_dict())
-    settings.pop("transformers_version", None)
+    settings = generation_config.to_diff_dict() if generation_config is not None else {}
+    settings = {key: value for key, value in settings.items() if key != "transformers_version" and key[0] != "_"}
     settings.update(generate_kwargs)
-    return settings
+    return dict(sorted(settings.items()))
 
 
 def _caption_batch(model, processor, clips: list[BenchmarkClip], waveforms: list[np.ndarray], generate_kwargs):
@@ -99,20 +173,24 @@ def generate_predictions(
     batch_size: int = 8,
     generate_kwargs: Mapping[str, Any] | None = None,
     load_audio: Callable[[Path, int], np.ndarray] = load_audio_file,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """
-    Captions the clips of `benchmark` that `predictions_path` does not hold a caption for yet, appending one JSON line
-    per clip after each batch. A clip whose audio cannot be decoded, or whose batch fails in `generate`, gets an
-    `"error"` record and the run goes on; the next run retries it.
+    Captions the clips of `benchmark` that `predictions_path` does not hold a caption for yet from this model with
+    these settings (the same fingerprint, see `prediction_fingerprint`), appending one JSON line per clip after each
+    batch; each line carries the fingerprint. A clip whose audio cannot be decoded, or whose batch fails in
+    `generate`, gets an `"error"` record and the run goes on; the next run retries it. `identity` is what
+    `prediction_fingerprint(model, processor, generate_kwargs)` returns (computed when not given).
 
     Returns:
-        `dict[str, dict]`: clip id -> latest record, for every clip of the file.
+        `dict[str, dict]`: clip id -> latest record of this fingerprint.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1; got {batch_size}")
     generate_kwargs = dict(generate_kwargs or {})
     predictions_path = Path(predictions_path)
-    records = read_predictions(predictions_path, benchmark.name)
+    identity = dict(identity or prediction_fingerprint(model, processor, generate_kwargs))
+    records = read_predictions(predictions_path, benchmark.name, identity["fingerprint"])
     todo = [clip for clip in benchmark.clips if "caption" not in records.get(clip.clip_id, {})]
     if len(todo) < len(benchmark.clips):
         logger.info(
@@ -120,16 +198,20 @@ def generate_predictions(
         )
     sampling_rate = processor.feature_extractor.sampling_rate
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(clip: BenchmarkClip, outcome: dict[str, Any]) -> dict[str, Any]:
+        base = {"benchmark": benchmark.name, "clip_id": clip.clip_id, "audio_path": str(clip.audio_path)}
+        return {**base, **outcome, **identity}
+
     with predictions_path.open("a", encoding="utf-8") as file:
         for start in range(0, len(todo), batch_size):
             new_records, loaded, waveforms = [], [], []
             for clip in todo[start : start + batch_size]:
-                base = {"benchmark": benchmark.name, "clip_id": clip.clip_id, "audio_path": str(clip.audio_path)}
                 try:
                     waveforms.append(load_audio(clip.audio_path, sampling_rate))
                     loaded.append(clip)
                 except Exception as error:
-                    new_records.append({**base, "error": _error_text(error)})
+                    new_records.append(record(clip, {"error": _error_text(error)}))
             if loaded:
                 try:
                     captions = _caption_batch(model, processor, loaded, waveforms, generate_kwargs)
@@ -139,14 +221,28 @@ def generate_predictions(
                     ]
                 except Exception as error:
                     outcomes = [{"error": _error_text(error)}] * len(loaded)
-                for clip, outcome in zip(loaded, outcomes):
-                    base = {"benchmark": benchmark.name, "clip_id": clip.clip_id, "audio_path": str(clip.audio_path)}
-                    new_records.append({**base, **outcome})
-            for record in new_records:
-                records[record["clip_id"]] = record
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                new_records += [record(clip, outcome) for clip, outcome in zip(loaded, outcomes)]
+            for new_record in new_records:
+                records[new_record["clip_id"]] = new_record
+                file.write(json.dumps(new_record, ensure_ascii=False) + "\n")
             file.flush()
     return records
+
+
+def resume_summary(predictions_path: str | os.PathLike, benchmark: Benchmark, fingerprint: str) -> tuple[int, int]:
+    """
+    What a run with `fingerprint` finds in `predictions_path` for `benchmark`'s clips.
+
+    Returns:
+        `(reused, other)`: clips with a caption of this fingerprint, and clips without one that have captions made by
+        another model or other settings (which are captioned again).
+    """
+    mine, others = set(), set()
+    for record in read_prediction_records(predictions_path, benchmark.name):
+        if "caption" in record:
+            (mine if record.get("fingerprint") == fingerprint else others).add(record["clip_id"])
+    clip_ids = {clip.clip_id for clip in benchmark.clips}
+    return len(mine & clip_ids), len((others - mine) & clip_ids)
 
 
 def default_predictions_path(report_path: str | os.PathLike) -> Path:
@@ -180,6 +276,11 @@ def run_evaluation(
     (Song Describer's full tracks) is cut to one window by the feature extractor's `long_audio` policy ("first" 10 s
     unless the processor was saved or set otherwise); the report records which.
 
+    A predictions file can hold the captions of several runs: only lines with this run's fingerprint (weights hash,
+    generation settings, prompt, long-audio policy; see `prediction_fingerprint`) are reused, the other clips are
+    captioned again (a printed line says how many of each), and the report carries the fingerprint of the model it
+    names beside the scores of that model's captions.
+
     Args:
         model (`BlapForConditionalGeneration`): the captioner (its `generate` and `device` are used).
         processor (`BlapProcessor`): its feature extractor's `sampling_rate` is the rate audio is decoded at.
@@ -204,8 +305,15 @@ def run_evaluation(
     if not benchmark.clips:
         raise ValueError(f"nothing to evaluate: {benchmark.describe()}")
     with CaptionScorer(metrics, **dict(scorer_kwargs or {})) as scorer:
+        identity = prediction_fingerprint(model, processor, generate_kwargs, model_name)
+        reused, other = resume_summary(predictions_path, benchmark, identity["fingerprint"])
+        if print_fn is not None and (reused or other):
+            print_fn(
+                f"Resuming {predictions_path}: {reused} captions of this model and settings reused; {other} clips"
+                " captioned by another model or with other settings are captioned again."
+            )
         records = generate_predictions(
-            model, processor, benchmark, predictions_path, batch_size, generate_kwargs, load_audio
+            model, processor, benchmark, predictions_path, batch_size, generate_kwargs, load_audio, identity
         )
         scored = [clip for clip in benchmark.clips if "caption" in records.get(clip.clip_id, {})]
         failed = [
@@ -221,14 +329,14 @@ def run_evaluation(
         scores = scorer([records[clip.clip_id]["caption"] for clip in scored], [clip.references for clip in scored])
     report = {
         "benchmark": benchmark.summary(),
-        "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
-        "prompt": getattr(processor, "prompt", None),
-        "generation": _generation_settings(model, generate_kwargs),
-        "long_audio": getattr(processor.feature_extractor, "long_audio", None),
+        **identity,
         "clips_scored": len(scored),
         "clips_failed": failed,
+        "predictions_reused": reused,
+        "predictions_recomputed_from_other_runs": other,
         "metrics": scores,
         "metrics_x100": {name: round(100.0 * value, 2) for name, value in scores.items()},
+        "published_table1": published_rows(benchmark.name),
         "predictions_file": str(predictions_path),
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,7 @@
 """Where the downloadable parts of SPICE and FENSE live, and a clear error when they are missing.
 
 PTB tokenization, BLEU, METEOR, ROUGE-L and CIDEr-D need only `pycocoevalcap` and a Java runtime. Three metrics need
-files that no package registry ships; `python -m transformers_blap.evaluation.setup_metrics` fetches them on a machine
-with network:
+files that no package registry ships; `blap setup-metrics` fetches them on a machine with network:
 
 - SPICE: Stanford CoreNLP 3.6.0 (`stanford-corenlp-3.6.0.jar` and `stanford-corenlp-3.6.0-models.jar`), put next to
   `pycocoevalcap`'s `spice-1.0.jar` (its manifest looks for them in `lib/` there), exactly where pycocoevalcap's own
@@ -20,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-SETUP_COMMAND = "python -m transformers_blap.evaluation.setup_metrics"
+SETUP_COMMAND = "blap setup-metrics"
 
 SBERT_REPO_ID = "sentence-transformers/paraphrase-TinyBERT-L6-v2"
 FENSE_CHECKPOINT_NAME = "echecker_clotho_audiocaps_base"
@@ -116,5 +115,6 @@ def raise_if_missing(missing: list[str], cache_dir: str | os.PathLike | None = N
     raise MissingMetricResourceError(
         f"The requested caption metrics need files that are not on this machine:\n{lines}\n"
         f"On a machine with network, fetch them once with:\n  {command}\n"
-        "or leave these metrics out (`metrics=NGRAM_METRICS` computes BLEU, METEOR, ROUGE-L and CIDEr-D offline)."
+        "or leave these metrics out: `blap evaluate --metrics ngram` (in Python `metrics=NGRAM_METRICS`) computes"
+        " BLEU, METEOR, ROUGE-L and CIDEr-D offline."
     )

@@ -1,7 +1,7 @@
 """
 Fetches, once and on a machine with network, what SPICE, Sentence-BERT similarity and FENSE need:
 
-    python -m transformers_blap.evaluation.setup_metrics [--cache-dir DIR] [--skip-spice] [--skip-fense]
+    blap setup-metrics [--cache-dir DIR] [--skip-spice] [--skip-fense]
 
 - SPICE: Stanford CoreNLP 3.6.0 (about 360 MB download), through pycocoevalcap's own `get_stanford_models`, into
   pycocoevalcap's `spice/lib/` (the installed package folder must be writable);
@@ -11,7 +11,8 @@ Fetches, once and on a machine with network, what SPICE, Sentence-BERT similarit
 
 The last two go to the metrics cache (`--cache-dir`, else `$BLAP_METRICS_CACHE`, else
 `~/.cache/transformers_blap/metrics`); copy that folder to an offline machine and point `BLAP_METRICS_CACHE` at it.
-Files already present are not fetched again.
+Files already present are not fetched again. A failed download ends with one line naming what could not be fetched
+from where, and why.
 """
 
 import argparse
@@ -20,10 +21,13 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
+from huggingface_hub import constants, snapshot_download
 
+from ..network import root_cause
 from .resources import (
     FENSE_CHECKPOINT_SHA256,
     FENSE_CHECKPOINT_URL,
@@ -38,8 +42,27 @@ from .resources import (
     sbert_dir,
 )
 
+# Where pycocoevalcap's `get_stanford_models` downloads Stanford CoreNLP from (its own constants).
+CORENLP_URL_TEMPLATE = "http://nlp.stanford.edu/software/{}.zip"
 SBERT_FILES = ["*.json", "vocab.txt", "model.safetensors", "pytorch_model.bin", "1_Pooling/*", "README.md"]
 FENSE_ENCODER_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json"]
+
+
+class MetricSetupError(OSError):
+    """A download of `blap setup-metrics` failed; the message names what, from where, and why, on one line."""
+
+
+@contextmanager
+def fetching(what: str, source: str) -> Iterator[None]:
+    """Turns any failure inside into a one-line `MetricSetupError` naming `what` was fetched from `source`."""
+    try:
+        yield
+    except Exception as error:
+        raise MetricSetupError(
+            f"could not fetch {what} from {source}: {root_cause(error)}. Check the network connection (or proxy),"
+            " then run `blap setup-metrics` again, or copy the metrics cache of a machine where it ran"
+            " (--cache-dir / BLAP_METRICS_CACHE)."
+        ) from error
 
 
 def download_file(url: str, destination: str | os.PathLike, sha256: str) -> Path:
@@ -77,13 +100,15 @@ def setup_spice() -> None:
     """Fetches Stanford CoreNLP 3.6.0 for SPICE with pycocoevalcap's `get_stanford_models`."""
     if not missing_spice_files():
         return
-    from pycocoevalcap.spice.get_stanford_models import get_stanford_models
+    from pycocoevalcap.spice import get_stanford_models as downloader
 
-    get_stanford_models()
+    with fetching("Stanford CoreNLP 3.6.0 for SPICE", CORENLP_URL_TEMPLATE.format(downloader.CORENLP)):
+        downloader.get_stanford_models()
 
 
-def _download_repo_files(repo_id: str, local_dir: Path, allow_patterns: list[str]) -> None:
-    snapshot_download(repo_id, local_dir=local_dir, allow_patterns=allow_patterns)
+def _download_repo_files(what: str, repo_id: str, local_dir: Path, allow_patterns: list[str]) -> None:
+    with fetching(what, f"{constants.ENDPOINT}/{repo_id}"):
+        snapshot_download(repo_id, local_dir=local_dir, allow_patterns=allow_patterns)
     # snapshot_download leaves its bookkeeping next to the files; the cache holds only what loading reads.
     shutil.rmtree(local_dir / ".cache", ignore_errors=True)
 
@@ -91,15 +116,17 @@ def _download_repo_files(repo_id: str, local_dir: Path, allow_patterns: list[str
 def setup_sentence_bert(cache_dir: str | os.PathLike) -> None:
     """Fetches `paraphrase-TinyBERT-L6-v2` into the metrics cache."""
     if missing_sbert_files(cache_dir):
-        _download_repo_files(SBERT_REPO_ID, sbert_dir(cache_dir), SBERT_FILES)
+        _download_repo_files("the Sentence-BERT model", SBERT_REPO_ID, sbert_dir(cache_dir), SBERT_FILES)
 
 
 def setup_fense(cache_dir: str | os.PathLike) -> None:
     """Fetches FENSE's fluency-error detector and its BERT's configuration and tokenizer into the metrics cache."""
     if not fense_checkpoint_path(cache_dir).is_file():
-        download_file(FENSE_CHECKPOINT_URL, fense_checkpoint_path(cache_dir), FENSE_CHECKPOINT_SHA256)
+        with fetching("the FENSE fluency-error detector", FENSE_CHECKPOINT_URL):
+            download_file(FENSE_CHECKPOINT_URL, fense_checkpoint_path(cache_dir), FENSE_CHECKPOINT_SHA256)
     if missing_fense_files(cache_dir):
-        _download_repo_files(FENSE_ENCODER_REPO_ID, fense_encoder_dir(cache_dir), FENSE_ENCODER_FILES)
+        what = "the configuration and tokenizer of FENSE's BERT"
+        _download_repo_files(what, FENSE_ENCODER_REPO_ID, fense_encoder_dir(cache_dir), FENSE_ENCODER_FILES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,12 +152,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m transformers_blap.evaluation.setup_metrics",
-        description="Fetch what SPICE, Sentence-BERT similarity and FENSE need (needs network, run once).",
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m transformers_blap.evaluation.setup_metrics`, the same as `blap setup-metrics`."""
+    from ..cli import main as blap_main
+
+    return blap_main(["setup-metrics", *(argv or [])])
 
 
 if __name__ == "__main__":

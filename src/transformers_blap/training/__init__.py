@@ -9,7 +9,12 @@ from .augmentation import (
 )
 from .collator import AudioCaptionBatch, AudioCaptionPreparer, BlapDataCollator, as_caption_list
 from .data import caption_dataset, load_caption_dataset, load_caption_file, resolve_caption_columns
-from .model_card import render_stage2_model_card, training_card_sections
+from .model_card import (
+    render_stage1_model_card,
+    render_stage2_model_card,
+    training_card_sections,
+    write_model_card,
+)
 from .stage2 import (
     LORA_TARGET_MODULES,
     BlapStage2Trainer,
@@ -48,9 +53,11 @@ __all__ = [
     "load_language_model_weights",
     "load_stage2_adapter",
     "load_stage2_model",
+    "render_stage1_model_card",
     "render_stage2_model_card",
     "resolve_caption_columns",
     "save_stage2_adapter",
     "training_card_sections",
+    "write_model_card",
     "warn_if_float16",
 ]

@@ -1,19 +1,19 @@
 """
-The model card written at the end of stage-2 training / fine-tuning: data, hyperparameters, evaluation table, samples.
-
-`training_card_sections` renders the training-specific Markdown; `render_stage2_model_card` puts it into the package's
-model card (`transformers_blap.hub.render_model_card`, with the chosen checkpoint's scores as `model-index`), or, for
-a LoRA run, into a card that explains how to load the adapter onto its base model.
+The model cards written by the trainers: stage 1, stage 2 / fine-tuning, and LoRA fine-tuning. Each card is the
+package's card (`transformers_blap.hub.render_model_card`): its facts about the model (sizes, audio front end,
+generation defaults, prompt, language model) come from the trained model's configuration, generation config and
+processor, the very objects saved beside it; its training sections (data, hyperparameters, evaluation table, sample
+captions) come from the run; the chosen checkpoint's scores become `model-index`.
 """
 
+import copy
+import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCardData
-
 from ..evaluation.metrics import ALL_METRICS
-from ..evaluation.report import TABLE1_COLUMNS
-from ..hub import DEFAULT_BASE_MODEL, DEFAULT_LICENSE, render_model_card
+from ..evaluation.report import metric_display_name
+from ..hub import DEFAULT_LICENSE, describe_generation, eval_result, hub_id_or_none, render_model_card
 
 # Keys of `Trainer.log` entries that are bookkeeping, not evaluation results.
 _EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
@@ -58,13 +58,15 @@ def evaluation_rows(log_history: list[dict[str, Any]]) -> tuple[list[str], list[
         log_history (`list[dict]`): `Trainer` log entries.
 
     Returns:
-        `(header, rows)`: one row per evaluation (step, epoch, then every metric, without the `eval_` prefix).
+        `(header, rows)`: one row per evaluated step (step, epoch, then every metric by its display name, e.g.
+        BLEU@1); a step evaluated twice (the final `trainer.evaluate()` after the last in-training evaluation) is one
+        row with the later values.
     """
-    entries = [
-        entry
-        for entry in log_history
-        if any(key.startswith("eval_") and not key.endswith(_EVAL_BOOKKEEPING) for key in entry)
-    ]
+    by_step: dict[Any, dict[str, Any]] = {}
+    for entry in log_history:
+        if any(key.startswith("eval_") and not key.endswith(_EVAL_BOOKKEEPING) for key in entry):
+            by_step.setdefault(entry.get("step", ""), {}).update(entry)
+    entries = list(by_step.values())
     metrics: list[str] = []
     for entry in entries:
         for key in entry:
@@ -84,7 +86,7 @@ def evaluation_rows(log_history: list[dict[str, Any]]) -> tuple[list[str], list[
         [entry.get("step", ""), entry.get("epoch", "")] + [entry.get(f"eval_{name}", "") for name in metrics]
         for entry in entries
     ]
-    return ["step", "epoch", *metrics], rows
+    return ["step", "epoch", *map(metric_display_name, metrics)], rows
 
 
 def training_hyperparameters(trainer) -> dict[str, Any]:
@@ -92,7 +94,7 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
     The run's hyperparameters, from the trainer's arguments, model and collator.
 
     Args:
-        trainer ([`BlapStage2Trainer`]).
+        trainer ([`BlapStage1Trainer`] or [`BlapStage2Trainer`]).
 
     Returns:
         `dict[str, Any]`: name -> value, in reading order.
@@ -103,7 +105,9 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     total = sum(param.numel() for param in model.parameters())
     precision = "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32"
-    dtype = str(model.language_model.dtype).removeprefix("torch.")
+    language_model = getattr(model, "language_model", None)
+    if language_model is not None:
+        precision += f"; language model weights {str(language_model.dtype).removeprefix('torch.')}; Q-Former float32"
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     hyperparameters: dict[str, Any] = {
         "learning_rate": args.learning_rate,
@@ -118,7 +122,7 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
         "total_train_batch_size": total_batch,
         "per_device_eval_batch_size": args.per_device_eval_batch_size,
         "max_grad_norm": args.max_grad_norm,
-        "precision": f"{precision}; language model weights {dtype}; Q-Former float32",
+        "precision": precision,
         "gradient_checkpointing": args.gradient_checkpointing,
         "seed": args.seed,
         "trainable_parameters": f"{trainable:,} of {total:,}",
@@ -135,14 +139,17 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
         hyperparameters["caption_augmentation"] = repr(preparer.caption_augmentation)
     processor = trainer.processing_class
     if processor is not None:
-        hyperparameters["prompt"] = getattr(collator, "prompt", None) or processor.prompt
+        prompt = getattr(collator, "prompt", None) or getattr(processor, "prompt", None)
+        if prompt is not None:
+            hyperparameters["prompt"] = prompt
         hyperparameters["max_txt_len"] = processor.max_txt_len
-    if args.predict_with_generate:
-        generation = model.generation_config
-        beams = args.generation_num_beams or generation.num_beams
-        hyperparameters["eval_generation"] = (
-            f"num_beams={beams}, max_new_tokens={generation.max_new_tokens}, min_length={generation.min_length}"
-        )
+    if hasattr(trainer, "_option"):  # stage 1
+        hyperparameters["train_audio_encoder"] = trainer._option("train_audio_encoder")
+    if getattr(args, "predict_with_generate", False):
+        generation = copy.deepcopy(model.generation_config)
+        generation.num_beams = args.generation_num_beams or generation.num_beams
+        generation.max_length = args.generation_max_length or generation.max_length
+        hyperparameters["eval_generation"] = describe_generation(generation)
     if args.metric_for_best_model:
         hyperparameters["metric_for_best_model"] = args.metric_for_best_model
     return hyperparameters
@@ -158,13 +165,31 @@ def _dataset_summary(name: str | None, dataset: Any) -> list[Any] | None:
     return [name or "(unnamed)", size, captions]
 
 
-def training_card_sections(trainer, datasets: list[str] | None = None) -> str:
+_PROCEDURES = {
+    "stage1": (
+        "Stage 1 of BLAP (representation learning): the Q-Former, its query tokens and the audio and text projections"
+        "{audio} are trained with the audio-text contrastive, audio-text matching and audio-grounded caption"
+        " generation losses."
+    ),
+    "stage2": (
+        "Stage 2 of BLAP: the HTS-AT audio encoder and the T5 language model are frozen; the Q-Former, its query"
+        " tokens, the audio LayerNorm and the projection into the language model are trained with the language"
+        " model's caption loss (token mean over each optimizer step)."
+    ),
+}
+_PROCEDURES["lora"] = _PROCEDURES["stage2"].replace(
+    "are trained with", "are trained, with a LoRA adapter on the language model's attention, with"
+)
+
+
+def training_card_sections(trainer, datasets: list[str] | None = None, kind: str = "stage2") -> str:
     """
-    The Markdown sections "Training data", "Training procedure", "Evaluation" and "Sample captions".
+    The Markdown sections "Training data", "Training procedure", "Evaluation during training" and "Sample captions".
 
     Args:
-        trainer ([`BlapStage2Trainer`]) after (or during) training.
+        trainer ([`BlapStage1Trainer`] or [`BlapStage2Trainer`]) after (or during) training.
         datasets (`list[str]`, *optional*): display names of the training data and, second, the evaluation data.
+        kind (`str`, *optional*, defaults to `"stage2"`): `"stage1"`, `"stage2"` or `"lora"`.
 
     Returns:
         `str`: Markdown.
@@ -186,11 +211,9 @@ def training_card_sections(trainer, datasets: list[str] | None = None) -> str:
     parts.append(_markdown_table(["split", "data", "clips", "captions"], rows) if rows else "Not recorded.")
 
     parts += ["", "## Training procedure", ""]
-    parts.append(
-        "Stage 2 of BLAP: the HTS-AT audio encoder and the Flan-T5 language model are frozen; the Q-Former, its query"
-        " tokens, the audio LayerNorm and the projection into the language model are trained with the language"
-        " model's caption loss (token mean over each optimizer step)."
-    )
+    train_audio = kind == "stage1" and trainer._option("train_audio_encoder")
+    audio = ", and the HTS-AT audio encoder," if train_audio else " (the HTS-AT audio encoder frozen)"
+    parts.append(_PROCEDURES[kind].format(audio=audio))
     parts += ["", _markdown_table(["hyperparameter", "value"], list(training_hyperparameters(trainer).items()))]
     train_logs = [entry for entry in trainer.state.log_history if "train_loss" in entry]
     if train_logs:
@@ -201,8 +224,8 @@ def training_card_sections(trainer, datasets: list[str] | None = None) -> str:
     header, eval_rows = evaluation_rows(trainer.state.log_history)
     if eval_rows:
         parts.append(
-            "Caption metrics of the generated captions against all reference captions of each clip (fractions;"
-            " x100 gives the usual tables)."
+            "Losses, and caption metrics of the generated captions against all reference captions of each clip"
+            " (fractions; x100 gives the usual tables)."
         )
         parts += ["", _markdown_table(header, eval_rows)]
         if trainer.state.best_model_checkpoint is not None:
@@ -239,14 +262,29 @@ def selected_evaluation(trainer) -> dict[str, Any] | None:
     return entries[-1]
 
 
+_DATA_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".arrow", ".txt")
+
+
+def dataset_type(name: str, dataset_id: str | None = None) -> str:
+    """
+    The `model-index` dataset type: the Hub id when there is one, else the data's name, never a file name
+    (`"data/musiccaps_eval.csv"` -> `"musiccaps_eval"`).
+    """
+    if dataset_id:
+        return dataset_id
+    path = Path(name)
+    stem = path.stem if path.suffix.lower() in _DATA_FILE_SUFFIXES else path.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "evaluation-data"
+
+
 def eval_results(trainer, dataset_name: str, dataset_id: str | None = None) -> list[dict[str, Any]]:
     """
     `model-index` results (x100, like the paper's tables) of the final weights, from the training logs.
 
     Args:
         trainer ([`BlapStage2Trainer`]).
-        dataset_name (`str`): the evaluation data's display name.
-        dataset_id (`str`, *optional*): its Hub id; defaults to `dataset_name`.
+        dataset_name (`str`): the evaluation data's display name (a file name is shown without its folder).
+        dataset_id (`str`, *optional*): its Hub id; otherwise the type is derived from the name ([`dataset_type`]).
 
     Returns:
         `list[dict]`: for [`transformers_blap.hub.render_model_card`]'s `eval_results`.
@@ -255,16 +293,56 @@ def eval_results(trainer, dataset_name: str, dataset_id: str | None = None) -> l
     if entry is None:
         return []
     return [
-        {
-            "dataset_type": dataset_id or dataset_name,
-            "dataset_name": dataset_name,
-            "metric_type": metric,
-            "metric_name": TABLE1_COLUMNS.get(metric, metric),
-            "metric_value": round(100 * entry[f"eval_{metric}"], 2),
-        }
+        eval_result(
+            metric,
+            round(100 * entry[f"eval_{metric}"], 2),
+            dataset_type(dataset_name, dataset_id),
+            Path(dataset_name).name,
+        )
         for metric in ALL_METRICS
         if isinstance(entry.get(f"eval_{metric}"), (int, float))
     ]
+
+
+def _training_card(
+    trainer,
+    kind: str,
+    model_name: str,
+    base_model: str | None,
+    datasets: list[str | None] | None,
+    dataset_ids: list[str] | None,
+    language: str | None,
+    license: str | None,
+    tags: list[str] | None,
+) -> str:
+    datasets = list(datasets or [])
+    model = trainer.model
+    processor = trainer.processing_class
+    sections = training_card_sections(trainer, datasets, kind)
+    eval_name = (datasets[1] if len(datasets) > 1 else None) or "evaluation data"
+    eval_id = next((name for name in dataset_ids or [] if name == eval_name), None)
+    start = f", starting from `{base_model}`" if base_model else ""
+    stage = "stage-1" if kind == "stage1" else "stage-2"
+    hub_base = hub_id_or_none(base_model)
+    card = render_model_card(
+        model.config,
+        repo_id=getattr(trainer.args, "hub_model_id", None),
+        model_name=model_name,
+        license=license or DEFAULT_LICENSE,
+        base_model=hub_base,
+        datasets=dataset_ids,
+        tags=list(dict.fromkeys([f"blap-{kind}" if kind != "lora" else "lora", *(tags or [])])),
+        eval_results=eval_results(trainer, eval_name, eval_id) if kind != "stage1" else None,
+        description=f"These weights were trained with `transformers_blap`'s {stage} trainer{start}.\n\n{sections}",
+        feature_extractor=getattr(processor, "feature_extractor", None),
+        generation_config=getattr(model, "generation_config", None) if kind != "stage1" else None,
+        prompt=getattr(processor, "prompt", None),
+        kind="captioner" if kind == "stage2" else kind,
+        lora_base=base_model,
+    )
+    if language is not None:
+        card.data.language = language
+    return str(card)
 
 
 def render_stage2_model_card(
@@ -278,13 +356,13 @@ def render_stage2_model_card(
     tags: list[str] | None = None,
 ) -> str:
     """
-    A complete model card (YAML front matter + Markdown) for a stage-2 / fine-tuning run.
+    A complete model card (YAML front matter + Markdown) for a stage-2 / fine-tuning run, LoRA runs included.
 
     Args:
         trainer ([`BlapStage2Trainer`]).
         model_name (`str`): the title.
         base_model (`str`, *optional*): the checkpoint training started from; a Hub id goes into the metadata
-            (otherwise Flan-T5-XL, which every BLAP starts from).
+            (otherwise the language model's Hub id, when its configuration records one).
         datasets (`list[str | None]`, *optional*): display names of the training data and, second, the evaluation
             data.
         dataset_ids (`list[str]`, *optional*): Hub ids of the data, for the metadata.
@@ -293,67 +371,74 @@ def render_stage2_model_card(
     Returns:
         `str`: the card's text.
     """
-    datasets = list(datasets or [])
-    tags = list(dict.fromkeys(["blap-stage2", *(tags or [])]))
-    hub_base_model = base_model if base_model and "/" in base_model and not Path(base_model).exists() else None
-    sections = training_card_sections(trainer, datasets)
-    lora = bool(getattr(trainer.model, "_hf_peft_config_loaded", False))
-    if not lora:
-        eval_name = (datasets[1] if len(datasets) > 1 else None) or "evaluation data"
-        eval_id = next((name for name in dataset_ids or [] if name == eval_name), None)
-        card = render_model_card(
-            trainer.model.config,
-            repo_id=getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id,
-            model_name=model_name,
-            license=license or DEFAULT_LICENSE,
-            base_model=hub_base_model or DEFAULT_BASE_MODEL,
-            datasets=dataset_ids,
-            tags=tags,
-            eval_results=eval_results(trainer, eval_name, eval_id),
-            description=(
-                "These weights were trained with `transformers_blap`'s stage-2 trainer"
-                + (f", starting from `{base_model}`" if base_model else "")
-                + ".\n\n"
-                + sections
-            ),
-        )
-        if language is not None:
-            card.data.language = language
-        return str(card)
+    kind = "lora" if getattr(trainer.model, "_hf_peft_config_loaded", False) else "stage2"
+    return _training_card(trainer, kind, model_name, base_model, datasets, dataset_ids, language, license, tags)
 
-    metadata = ModelCardData(
-        library_name="peft",
-        pipeline_tag="audio-text-to-text",
-        base_model=hub_base_model,
-        datasets=dataset_ids or None,
+
+def render_stage1_model_card(
+    trainer,
+    model_name: str,
+    base_model: str | None = None,
+    datasets: list[str | None] | None = None,
+    dataset_ids: list[str] | None = None,
+    language: str | None = None,
+    license: str | None = None,
+    tags: list[str] | None = None,
+) -> str:
+    """A complete model card for a stage-1 run; arguments as for [`render_stage2_model_card`]."""
+    return _training_card(trainer, "stage1", model_name, base_model, datasets, dataset_ids, language, license, tags)
+
+
+def write_model_card(
+    trainer,
+    output_dir: str | None = None,
+    language: str | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    model_name: str | None = None,
+    finetuned_from: str | None = None,
+    dataset_tags: str | list[str] | None = None,
+    dataset: str | list[str | None] | None = None,
+) -> Path | None:
+    """
+    Write the run's model card to `output_dir/README.md` (default: the trainer's `output_dir`) on the main process:
+    a stage-1 card for a [`BlapStage1Trainer`], a stage-2 or LoRA card for a [`BlapStage2Trainer`]. The trainers'
+    `create_model_card` (which `Trainer.push_to_hub` calls) is this function; arguments as for
+    `Trainer.create_model_card`: `dataset` gives display names (training data first, evaluation data second),
+    `dataset_tags` Hub dataset ids for the metadata, `finetuned_from` the starting checkpoint (default: the model's
+    `name_or_path`).
+
+    Returns:
+        `Path | None`: the card written (`None` on other processes).
+    """
+    if not trainer.is_world_process_zero():
+        return None
+    output_dir = Path(output_dir or trainer.args.output_dir)
+    base_model = finetuned_from if finetuned_from is not None else trainer.model.config._name_or_path or None
+    render = render_stage1_model_card if hasattr(trainer, "_option") else render_stage2_model_card
+    card = render(
+        trainer,
+        model_name=model_name or output_dir.name,
+        base_model=base_model,
+        datasets=[dataset] if isinstance(dataset, str) else list(dataset or []),
+        dataset_ids=[dataset_tags] if isinstance(dataset_tags, str) else list(dataset_tags or []),
         language=language,
         license=license,
-        tags=list(dict.fromkeys(["blap", "music-captioning", "audio-captioning", "lora", *tags])),
+        tags=[tags] if isinstance(tags, str) else list(tags or []),
     )
-    usage = (
-        "This folder holds a LoRA adapter on the language model (`lora/`) and the stage-2 weights"
-        " (`stage2_trainable.safetensors`) only; load them onto the model training started from:\n\n"
-        "```python\nfrom transformers_blap import BlapForConditionalGeneration, BlapProcessor\n"
-        "from transformers_blap.training import load_stage2_adapter\n\n"
-        f'model = BlapForConditionalGeneration.from_pretrained("{base_model or "BASE_MODEL"}")\n'
-        'model = load_stage2_adapter(model, "PATH_TO_THIS_FOLDER")\n'
-        'processor = BlapProcessor.from_pretrained("PATH_TO_THIS_FOLDER")\n```\n'
-    )
-    intro = (
-        f"# {model_name}\n\nA LoRA fine-tune of a BLAP music captioner (HTS-AT audio encoder, Q-Former, Flan-T5),"
-        " trained with `transformers_blap`'s stage-2 trainer"
-        + (f", starting from `{base_model}`" if base_model else "")
-        + ".\n\n## Usage\n\n"
-        + usage
-    )
-    return f"---\n{metadata.to_yaml()}\n---\n\n{intro}\n{sections}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    return output_dir / "README.md"
 
 
 __all__ = [
+    "dataset_type",
     "eval_results",
     "evaluation_rows",
+    "render_stage1_model_card",
     "render_stage2_model_card",
     "selected_evaluation",
     "training_card_sections",
     "training_hyperparameters",
+    "write_model_card",
 ]

@@ -20,7 +20,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..audio import load_audio
+from ..hub import HubErrorsInTrainer
 from ..processing_blap import BlapStage1Processor
+from .model_card import write_model_card
 
 STAGE1_LOSSES = ("loss_atc", "loss_atm", "loss_lm")
 
@@ -247,7 +249,7 @@ class _KeepLanguageModelSpecialTokens(TrainerCallback):
                 delattr(self.text_config, name)
 
 
-class BlapStage1Trainer(Trainer):
+class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
     """
     `Trainer` for [`BlapForRepresentationLearning`].
 
@@ -328,6 +330,27 @@ class BlapStage1Trainer(Trainer):
         if "loss" in logs:
             logs.update(self._pop_mean_losses("train"))
         super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; the final save (not a checkpoint) also writes the model card (`create_model_card`)."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            write_model_card(self, output_dir)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str | None] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Writes `output_dir/README.md`: the stage-1 card ([`write_model_card`]); `tasks`, `dataset_args` unused."""
+        write_model_card(self, None, language, license, tags, model_name, finetuned_from, dataset_tags, dataset)
 
     def prediction_step(
         self,

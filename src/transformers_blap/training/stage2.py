@@ -26,10 +26,11 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from ..configuration_blap import BlapConfig
+from ..hub import HubErrorsInTrainer
 from ..modeling_blap import BlapForConditionalGeneration
 from .collator import BlapDataCollator, as_caption_list
 from .data import CAPTIONS_COLUMN
-from .model_card import render_stage2_model_card
+from .model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +419,7 @@ class BlapStage2TrainingArguments(Seq2SeqTrainingArguments):
     )
 
 
-class BlapStage2Trainer(Seq2SeqTrainer):
+class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
     r"""
     [`Seq2SeqTrainer`] for BLAP stage 2 and caption fine-tuning.
 
@@ -683,22 +684,7 @@ class BlapStage2Trainer(Seq2SeqTrainer):
         gives display names (training data first, evaluation data second), `dataset_tags` Hub dataset ids for the
         metadata, `finetuned_from` the starting checkpoint; `tasks` and `dataset_args` are not used.
         """
-        if not self.is_world_process_zero():
-            return
-        base_model = finetuned_from if finetuned_from is not None else self.model.config._name_or_path or None
-        card = render_stage2_model_card(
-            trainer=self,
-            model_name=model_name or Path(self.args.output_dir).name,
-            base_model=base_model,
-            datasets=[dataset] if isinstance(dataset, str) else list(dataset or []),
-            dataset_ids=[dataset_tags] if isinstance(dataset_tags, str) else list(dataset_tags or []),
-            language=language,
-            license=license,
-            tags=[tags] if isinstance(tags, str) else list(tags or []),
-        )
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(card)
+        write_model_card(self, None, language, license, tags, model_name, finetuned_from, dataset_tags, dataset)
 
 
 __all__ = [
