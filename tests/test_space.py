@@ -1,0 +1,233 @@
+"""
+The Space (`space/app.py`): started as `python space/app.py` on a free local port and driven in a real browser
+(Playwright with Debian's Chromium), and called by two API clients at once.
+
+Screenshots of the result pages go to `$BLAP_TEST_ARTIFACTS` (default: the test's tmp_path).
+"""
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+import transformers_blap  # noqa: F401  (registers the "audio-to-text" pipeline)
+from transformers_blap import BlapForRepresentationLearning, BlapStage1Processor, build_qformer_tokenizer
+from transformers_blap.synthetic import SAMPLING_RATE, make_clip
+
+from blap_testing import write_audio
+from tiny import tiny_feature_extractor, tiny_stage1_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP = REPO_ROOT / "space" / "app.py"
+DEMO_MODEL = REPO_ROOT / "demo" / "blap-synthetic"
+DEMO_AUDIO = REPO_ROOT / "examples" / "demo.flac"
+LABELS = ["violin", "piano", "disco"]
+TAG_TEMPLATE = "This is a {} song."  # what the page documents for its tags
+START_TIMEOUT_S = 300
+RESULT_TIMEOUT_MS = 120_000
+
+
+def chromium_path() -> str:
+    """Debian's Chromium (`apt-get install chromium`), or `$BLAP_CHROMIUM`; its absence fails the test."""
+    path = os.environ.get("BLAP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("No Chromium for the browser test: `apt-get install chromium` or set BLAP_CHROMIUM.")
+    return path
+
+
+def load_app():
+    spec = importlib.util.spec_from_file_location("blap_space_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("space")
+
+
+@pytest.fixture(scope="module")
+def artifacts(work_dir) -> Path:
+    folder = Path(os.environ.get("BLAP_TEST_ARTIFACTS", work_dir / "artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tag_model_dir(work_dir, fixture_dir) -> Path:
+    """A tiny stage-1 BLAP (weights spread apart so that labels score differently), saved with its processor."""
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(tiny_stage1_config()).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name != "temperature":
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    processor = BlapStage1Processor(
+        tiny_feature_extractor(), build_qformer_tokenizer(fixture_dir / "bert-base-uncased"), max_txt_len=8
+    )
+    folder = work_dir / "tag-model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def medley(work_dir) -> Path:
+    """10 s of three synthetic clips in a row (the demo clip, then two others): three windows of the demo model."""
+    clips = [make_clip(10003).audio, make_clip(10004).audio, make_clip(10005).audio[: 2 * SAMPLING_RATE]]
+    return write_audio(work_dir / "medley.flac", np.concatenate(clips), SAMPLING_RATE)
+
+
+@pytest.fixture(scope="module")
+def not_audio(work_dir) -> Path:
+    path = work_dir / "notes.txt"
+    path.write_text("These are my notes, not music.\n" * 20, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(medley):
+    """What the package's own pipeline says, with the model's defaults (which the page starts from)."""
+    captioner = pipeline("audio-to-text", model=str(DEMO_MODEL))
+    return {path: captioner(str(path))[0] for path in (DEMO_AUDIO, medley)}
+
+
+def reference_tags(tag_model_dir: Path, path: Path) -> list[str]:
+    """Labels by the stock zero-shot pipeline's scores averaged over the track's 1 s windows, best first."""
+    classifier = pipeline("zero-shot-audio-classification", model=str(tag_model_dir))
+    audio = transformers_blap.load_audio(path, sampling_rate=16_000)
+    windows = [audio[i : i + 16_000] for i in range(0, audio.shape[0], 16_000)]
+    scores = dict.fromkeys(LABELS, 0.0)
+    for result in classifier(windows, candidate_labels=LABELS, hypothesis_template=TAG_TEMPLATE):
+        for entry in result:
+            scores[entry["label"]] += entry["score"]
+    return sorted(LABELS, key=scores.get, reverse=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(work_dir, tag_model_dir) -> str:
+    """`python space/app.py` with the demo captioner and the tiny tagger, on a free port of 127.0.0.1."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BLAP_TAG_MODEL": str(tag_model_dir),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("BLAP_MODEL", None)  # the default: the shipped demo checkpoint
+    log = (work_dir / "server.log").open("w")
+    process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"space/app.py exited with {process.returncode}:\n{(work_dir / 'server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"space/app.py did not serve {url} within {START_TIMEOUT_S} s")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_page_captions_uploads_like_the_pipeline_and_shows_a_readable_error(
+    server, reference, medley, not_audio, tag_model_dir, artifacts
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    expected_tags = reference_tags(tag_model_dir, medley)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server)
+        caption = page.locator("#blap-caption textarea")
+        windows = page.locator("#blap-timeline li.blap-window")
+
+        def run(path: Path) -> None:
+            page.locator("#blap-audio input[type=file]").set_input_files(str(path))
+            page.locator("#blap-run").click()
+
+        for path in (DEMO_AUDIO, medley):
+            if path == medley:
+                page.locator("#blap-labels textarea").fill(", ".join(LABELS))
+            run(path)
+            expected = reference[path]
+            expect(caption).to_have_value(expected["generated_text"], timeout=RESULT_TIMEOUT_MS)
+            expect(windows).to_have_count(len(expected["windows"]), timeout=RESULT_TIMEOUT_MS)
+            for item, window in zip(windows.all(), expected["windows"]):
+                text = item.inner_text()
+                assert window["caption"] in text, text
+                minutes, seconds = divmod(window["start"], 60)
+                assert text.startswith(f"{int(minutes)}:{seconds:04.1f}–"), text
+            assert page.locator("#blap-status .blap-error").count() == 0
+        assert len(reference[medley]["windows"]) == 3
+        expect(page.locator("#blap-details")).to_contain_text("Duration 0:10.0")
+        expect(page.locator("#blap-details")).to_contain_text("3 windows")
+        expect(page.locator("#blap-tags")).to_contain_text(expected_tags[0])
+        page.screenshot(path=str(artifacts / "space-result.png"), full_page=True)
+
+        run(not_audio)
+        error = page.locator("#blap-status .blap-error")
+        expect(error).to_contain_text("not a recognised audio file", timeout=RESULT_TIMEOUT_MS)
+        assert error.inner_text().count("\n") == 0 and "notes.txt" in error.inner_text()
+        assert "Traceback" not in page.content()
+        expect(caption).to_have_value("")
+        page.screenshot(path=str(artifacts / "space-error.png"), full_page=True)
+        browser.close()
+
+
+def test_two_users_at_once_get_their_own_captions(server, reference, medley):
+    from gradio_client import Client, handle_file
+
+    def ask(path: Path) -> str:
+        client = Client(server, verbose=False)
+        beams, new_tokens = 3, 32  # the demo model's defaults
+        result = client.predict(handle_file(str(path)), beams, new_tokens, "", "", api_name="/caption")
+        return result[0]
+
+    with ThreadPoolExecutor(2) as pool:
+        captions = list(pool.map(ask, [DEMO_AUDIO, medley]))
+    assert captions == [reference[DEMO_AUDIO]["generated_text"], reference[medley]["generated_text"]]
+
+
+def test_progress_follows_the_windows_of_the_pipeline(reference, medley):
+    app = load_app()
+    space = app.BlapSpace(str(DEMO_MODEL))
+    seen = []
+    space.captioner.on_window = lambda start, end: seen.append((start, end))
+    result = space.captioner(str(medley))[0]
+    assert seen == [(window["start"], window["end"]) for window in result["windows"]]
+    assert result == reference[medley]  # the page's pipeline is the package's, unchanged
