@@ -39,7 +39,7 @@ DEMO_AUDIO = REPO_ROOT / "examples" / "demo.flac"
 TAG_TEMPLATE = "This is a {} song."
 WAVEFORM_RATE = 2_000  # the waveform drawn under the timeline is decoded at this rate: plenty for an outline
 WAVEFORM_BINS = 600
-TIMELINE_WIDTH, WAVEFORM_HEIGHT, LANE_HEIGHT = 1000, 120, 18
+TIMELINE_WIDTH, WAVEFORM_HEIGHT, LANE_HEIGHT = 1000, 120, 22
 LANE_COLOURS = ("#f97316", "#2563eb")
 
 
@@ -104,7 +104,7 @@ def timeline_html(windows: list[dict[str, Any]], duration_s: float, outline: np.
             f'<g><title>{title}</title><rect x="{x:.1f}" y="0" width="{width:.1f}" height="{WAVEFORM_HEIGHT}"'
             f' fill="{colour}" fill-opacity="0.08"/><rect x="{x:.1f}" y="{y}" width="{width:.1f}"'
             f' height="{LANE_HEIGHT}" rx="3" fill="{colour}" fill-opacity="0.75"/><text x="{x + 4:.1f}"'
-            f' y="{y + LANE_HEIGHT - 5}" font-size="12" fill="white">{number}</text></g>'
+            f' y="{y + LANE_HEIGHT - 5}" font-size="16" fill="white">{number}</text></g>'
         )
     height = WAVEFORM_HEIGHT + 6 + 2 * (LANE_HEIGHT + 2)
     items = "".join(
@@ -131,6 +131,11 @@ def details_html(duration_s: float, num_windows: int, warnings: list[str]) -> st
     )
 
 
+def _clear_other(value: str | None) -> Any:
+    """Empty the other audio input once this one holds audio."""
+    return None if value else gr.skip()
+
+
 def error_html(message: str) -> str:
     return f'<p class="blap-error" role="alert">{html.escape(message)}</p>'
 
@@ -155,7 +160,8 @@ class BlapSpace:
 
     def caption(
         self,
-        audio: str | None,
+        upload: str | None,
+        recording: str | None,
         num_beams: int,
         max_new_tokens: int,
         prompt: str,
@@ -169,6 +175,7 @@ class BlapSpace:
             `(caption, details_html, timeline_html, tags, status_html)`; for a file that cannot be used (not audio,
             truncated, empty) or bad options, empty results and the one-line error as `status_html`.
         """
+        audio = upload or recording
         if not audio:
             return "", "", "", None, error_html("No audio: upload or record a file, or pick the example.")
         try:
@@ -241,11 +248,12 @@ class BlapSpace:
             )
             with gr.Row():
                 with gr.Column():
-                    audio = gr.Audio(
-                        sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="blap-audio"
+                    upload = gr.File(label="Audio file (WAV, FLAC, OGG, MP3, M4A, ...)", elem_id="blap-upload")
+                    recording = gr.Audio(
+                        sources=["microphone"], type="filepath", label="... or record", elem_id="blap-record"
                     )
                     if DEMO_AUDIO.is_file():
-                        gr.Examples([[str(DEMO_AUDIO)]], inputs=[audio], label="Example")
+                        gr.Examples([[str(DEMO_AUDIO)]], inputs=[upload], label="Example")
                     labels = gr.Textbox(
                         label="Zero-shot tags: labels, comma-separated",
                         placeholder="violin, piano, disco, waltz",
@@ -263,9 +271,12 @@ class BlapSpace:
                     details = gr.HTML(elem_id="blap-details")
                     timeline = gr.HTML(label="Window captions", elem_id="blap-timeline")
                     tags = gr.Label(label="Tags", visible=self.tagger is not None, elem_id="blap-tags")
+            # The audio given last is the one captioned: a new upload clears the recording and the other way round.
+            upload.change(_clear_other, inputs=upload, outputs=recording, queue=False)
+            recording.change(_clear_other, inputs=recording, outputs=upload, queue=False)
             run.click(
                 self.caption,
-                inputs=[audio, beams, new_tokens, prompt, labels],
+                inputs=[upload, recording, beams, new_tokens, prompt, labels],
                 outputs=[caption, details, timeline, tags, status],
                 concurrency_limit=1,
             )
