@@ -137,7 +137,7 @@ def _clear_other(value: str | None) -> Any:
 
 
 def error_html(message: str) -> str:
-    return f'<p class="blap-error" role="alert">{html.escape(message)}</p>'
+    return f'<p class="blap-error" role="alert" style="color: #b91c1c; font-weight: 600">{html.escape(message)}</p>'
 
 
 class BlapSpace:
@@ -183,11 +183,13 @@ class BlapSpace:
                 return self._caption(audio, num_beams, max_new_tokens, prompt, parse_labels(labels or ""), progress)
         except ValueError as error:  # the package's errors for bad input (AudioDecodeError is a ValueError)
             logger.info("Rejected %s: %s", audio, error)
-            return "", "", "", None, error_html(str(error))
+            # Name the file as the visitor knows it, not by the server's upload folder.
+            return "", "", "", None, error_html(str(error).replace(audio, Path(audio).name))
 
     def _caption(
         self, audio: str, num_beams: int, max_new_tokens: int, prompt: str, labels: list[str], progress: gr.Progress
     ) -> tuple[str, str, str, dict[str, float] | None, str]:
+        progress(0, desc="Reading the audio")
         waveform = load_audio(audio, WAVEFORM_RATE)  # checks the file, gives the duration and the outline
         duration_s = waveform.shape[0] / WAVEFORM_RATE
         window_s, hop_s, min_tail_s = self.captioner.window_settings()
@@ -240,11 +242,13 @@ class BlapSpace:
         """The page."""
         num_beams, max_new_tokens = self.generation_defaults()
         default_prompt = getattr(self.captioner.processor, "prompt", None) or self.captioner.model.config.prompt
+        model_path = Path(self.model).resolve()
+        shown_model = str(model_path.relative_to(REPO_ROOT)) if model_path.is_relative_to(REPO_ROOT) else self.model
         with gr.Blocks(title="BLAP music captioning") as demo:
             gr.Markdown(
                 "# BLAP: music captioning\nUpload or record music (WAV, FLAC, OGG, MP3, M4A, ...) and read its"
                 " caption; long tracks are captioned window by window. Model: "
-                f"`{html.escape(self.model)}`"
+                f"`{html.escape(shown_model)}`"
             )
             with gr.Row():
                 with gr.Column():
@@ -278,6 +282,7 @@ class BlapSpace:
                 self.caption,
                 inputs=[upload, recording, beams, new_tokens, prompt, labels],
                 outputs=[caption, details, timeline, tags, status],
+                show_progress_on=[caption],
                 concurrency_limit=1,
             )
         return demo.queue(default_concurrency_limit=1)

@@ -216,7 +216,7 @@ def test_page_captions_uploads_like_the_pipeline_and_shows_a_readable_error(
         run(not_audio)
         error = page.locator("#blap-status .blap-error")
         expect(error).to_contain_text(decode_error.reason, timeout=RESULT_TIMEOUT_MS)  # the package's own words
-        assert error.inner_text().startswith("Cannot use audio") and "notes.txt" in error.inner_text()
+        assert error.inner_text().startswith("Cannot use audio 'notes.txt': ")  # the name the visitor knows
         assert "\n" not in error.inner_text().strip()
         assert "Traceback" not in page.content()
         expect(caption).to_have_value("")
@@ -246,3 +246,22 @@ def test_progress_follows_the_windows_of_the_pipeline(reference, medley):
     result = space.captioner(str(medley))[0]
     assert seen == [(window["start"], window["end"]) for window in result["windows"]]
     assert result == reference[medley]  # the page's pipeline is the package's, unchanged
+
+
+def test_space_card_and_requirements_match_the_package():
+    from configparser import ConfigParser
+
+    from huggingface_hub.repocard import metadata_load
+    from packaging.requirements import Requirement
+
+    card = metadata_load(REPO_ROOT / "space" / "README.md")
+    assert card["sdk"] == "gradio" and (REPO_ROOT / "space" / card["app_file"]).resolve() == APP
+    setup = ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    extras = setup["options.extras_require"]
+    # The Space runs the Gradio version the package's `space` extra was tested with.
+    assert Requirement(extras["space"].split()[0]) == Requirement(f"gradio>={card['sdk_version']}")
+    lines = (REPO_ROOT / "space" / "requirements.txt").read_text().splitlines()
+    (requirement,) = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    assert requirement.name == "transformers_blap" and requirement.url.startswith("git+")
+    assert requirement.extras == {"audio", "space"} and requirement.extras <= set(extras)
