@@ -125,7 +125,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(work_dir, tag_model_dir) -> str:
+def app_process(work_dir, tag_model_dir):
     """`python space/app.py` with the demo captioner and the tiny tagger, on a free port of 127.0.0.1."""
     port = free_port()
     env = {
@@ -137,32 +137,37 @@ def server(work_dir, tag_model_dir) -> str:
         "HF_HUB_OFFLINE": "1",
     }
     env.pop("BLAP_MODEL", None)  # the default: the shipped demo checkpoint
-    log = (work_dir / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"space/app.py exited with {process.returncode}:\n{(work_dir / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"space/app.py did not serve {url} within {START_TIMEOUT_S} s")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
+    with (work_dir / "server.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        process.url = f"http://127.0.0.1:{port}/"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(app_process, reference, work_dir) -> str:
+    """The app's URL once it serves (the reference captions are computed while it starts)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if app_process.poll() is not None:
+            log = (work_dir / "server.log").read_text()
+            pytest.fail(f"space/app.py exited with {app_process.returncode}:\n{log}")
+        try:
+            with urllib.request.urlopen(app_process.url, timeout=5) as response:
+                if response.status == 200:
+                    return app_process.url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"space/app.py did not serve {app_process.url} within {START_TIMEOUT_S} s")
+        time.sleep(1)
 
 
 def test_page_captions_uploads_like_the_pipeline_and_shows_a_readable_error(
@@ -221,6 +226,12 @@ def test_page_captions_uploads_like_the_pipeline_and_shows_a_readable_error(
         assert "Traceback" not in page.content()
         expect(caption).to_have_value("")
         screenshot("space-error.png")
+
+        page.get_by_text(DEMO_AUDIO.name, exact=True).click()  # the shipped example
+        expect(page.locator("#blap-upload")).not_to_contain_text(not_audio.name)
+        page.locator("#blap-run").click()
+        expect(caption).to_have_value(reference[DEMO_AUDIO]["generated_text"], timeout=RESULT_TIMEOUT_MS)
+        assert page.locator("#blap-status .blap-error").count() == 0
         browser.close()
 
 
