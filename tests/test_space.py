@@ -5,6 +5,7 @@ The Space (`space/app.py`): started as `python space/app.py` on a free local por
 Screenshots of the result pages go to `$BLAP_TEST_ARTIFACTS` (default: the test's tmp_path).
 """
 
+import html
 import importlib.util
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from transformers import pipeline
 
@@ -46,13 +48,6 @@ def chromium_path() -> str:
     if path is None:
         pytest.fail("No Chromium for the browser test: `apt-get install chromium` or set BLAP_CHROMIUM.")
     return path
-
-
-def load_app():
-    spec = importlib.util.spec_from_file_location("blap_space_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -249,14 +244,37 @@ def test_two_users_at_once_get_their_own_captions(server, reference, medley):
     assert captions == [reference[DEMO_AUDIO]["generated_text"], reference[medley]["generated_text"]]
 
 
-def test_progress_follows_the_windows_of_the_pipeline(reference, medley):
-    app = load_app()
-    space = app.BlapSpace(str(DEMO_MODEL))
+@pytest.fixture(scope="module")
+def space():
+    """The app's state, in this process: `space/app.py`'s `BlapSpace` with the demo captioner."""
+    spec = importlib.util.spec_from_file_location("blap_space_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BlapSpace(str(DEMO_MODEL))
+
+
+def test_progress_follows_the_windows_of_the_pipeline(space, reference, medley):
     seen = []
     space.captioner.on_window = lambda start, end: seen.append((start, end))
-    result = space.captioner(str(medley))[0]
+    try:
+        result = space.captioner(str(medley))[0]
+    finally:
+        space.captioner.on_window = None
     assert seen == [(window["start"], window["end"]) for window in result["windows"]]
     assert result == reference[medley]  # the page's pipeline is the package's, unchanged
+
+
+def test_a_truncated_mp3_gets_the_package_error_in_one_line(space, work_dir):
+    full = work_dir / "full.mp3"
+    sf.write(full, make_clip(10003).audio, SAMPLING_RATE, format="MP3")
+    truncated = work_dir / "truncated.mp3"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AudioDecodeError) as raised:
+        load_audio(truncated)
+    caption, details, timeline, tags, status = space.caption(str(truncated), None, 3, 32, "", "")
+    assert (caption, details, timeline, tags) == ("", "", "", None)
+    assert html.escape(f"Cannot use audio 'truncated.mp3': {raised.value.reason}") in status
+    assert "\n" not in status and "Traceback" not in status
 
 
 def test_space_card_and_requirements_match_the_package():
