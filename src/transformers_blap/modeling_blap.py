@@ -480,6 +480,21 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 return_dict=True,
             )
 
+    def _project_queries(self, query_output: torch.Tensor) -> torch.Tensor:
+        """
+        The Q-Former's query outputs projected into the language model's embedding space.
+
+        Args:
+            query_output (`torch.FloatTensor` of shape `(batch_size, num_query_tokens, qformer_hidden_size)`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_query_tokens, d_model)`, in the language model's dtype. The
+            projection runs in its own dtype: float32 when it trains beside a bfloat16 language model, also outside
+            autocast (`generate`).
+        """
+        projected = self.language_projection(query_output.to(self.language_projection.weight.dtype))
+        return projected.to(self.language_model.get_input_embeddings().weight.dtype)
+
     def _language_model_inputs(
         self,
         language_model_inputs: torch.Tensor,
@@ -541,8 +556,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             )
         audio_embeds = self.get_audio_features(input_features)
         qformer_outputs = self.get_qformer_features(audio_embeds=audio_embeds)
-        query_output = qformer_outputs.last_hidden_state.to(self.language_model.get_input_embeddings().weight.dtype)
-        language_model_inputs = self.language_projection(query_output)
+        language_model_inputs = self._project_queries(qformer_outputs.last_hidden_state)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
         if decoder_input_ids is None and labels is None:
             # No target given: score the first caption token after the decoder start token.
@@ -604,17 +618,21 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         self._check_input_features(input_features)
         self._check_prompt(input_ids, attention_mask, input_features.shape[0])
         qformer_outputs = self.get_qformer_features(input_features=input_features)
-        query_output = qformer_outputs.last_hidden_state.to(self.language_model.get_input_embeddings().weight.dtype)
-        language_model_inputs = self.language_projection(query_output)
+        language_model_inputs = self._project_queries(qformer_outputs.last_hidden_state)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
+        # Options left `None` in a given config (transformers 5 defaults) are taken from `self.generation_config`
+        # (the language model's `generate` fills the rest with transformers' global defaults).
         generation_config = copy.deepcopy(generation_config or self.generation_config)
+        generation_config.update(**self.generation_config.to_dict(), defaults_only=True)
         model_kwargs = generation_config.update(**generate_kwargs)  # what is not a generation option: streamer, ...
+        defaults = generation_config._get_default_generation_params()
+        num_beams = generation_config.num_beams or defaults["num_beams"]
         # A model split over devices or offloaded by accelerate moves weights and inputs at the T5 block boundary,
         # so its cross-attention projections cannot be called on their own.
         dispatched = len(set(getattr(self, "hf_device_map", {}).values())) > 1
         grouped = False
         if (
-            generation_config.num_beams > 1
+            num_beams > 1
             and generation_config.use_cache is not False
             and generation_config.cache_implementation is None
             and model_kwargs.get("past_key_values") is None
@@ -633,9 +651,11 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             grouped = self.language_model.decoder.config._attn_implementation == "sdpa"
             model_kwargs["encoder_outputs"] = encoder_outputs
             # The decoder reads the start token and every generated token but the last.
-            caption_length = generation_config.max_new_tokens or generation_config.max_length - 1
+            caption_length = (
+                generation_config.max_new_tokens or (generation_config.max_length or defaults["max_length"]) - 1
+            )
             model_kwargs["past_key_values"] = self._beam_search_cache(
-                encoder_outputs.last_hidden_state, generation_config.num_beams, caption_length, repeat=not grouped
+                encoder_outputs.last_hidden_state, num_beams, caption_length, repeat=not grouped
             )
         else:
             model_kwargs["inputs_embeds"] = inputs_embeds

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
+from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from ..configuration_blap import BlapConfig
@@ -167,6 +167,12 @@ def load_stage2_model(
         raise ValueError(f"{model_name_or_path} lacks stage-2 weights: {missing_other[:5]} ({len(missing_other)}).")
     if any(key.startswith("language_projection.") for key in info["missing_keys"]):
         logger.info("`language_projection` is not in %s: it starts from its initialisation.", model_name_or_path)
+    try:
+        GenerationConfig.from_pretrained(model_name_or_path)
+    except OSError:
+        # No generation_config.json (a stage-1 checkpoint): transformers built one from the config, without BLAP's
+        # beam search and caption lengths.
+        model.generation_config = model._default_generation_config(model.config)
     return model
 
 
