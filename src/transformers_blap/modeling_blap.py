@@ -43,6 +43,9 @@ from .configuration_blap import BlapConfig
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
+# Marks a folder written by a LoRA stage-2 run (`transformers_blap.training.save_stage2_adapter`): an adapter and the
+# stage-2 weights on top of a base model, which `BlapForConditionalGeneration.from_pretrained` loads together.
+STAGE2_ADAPTER_MANIFEST = "blap_stage2_adapter.json"
 
 
 @dataclass
@@ -347,6 +350,28 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             untie_lm_head(self.language_model)
         self.post_init()
         self.generation_config = self._default_generation_config(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`; a local folder written by a LoRA stage-2 run (it holds
+        `blap_stage2_adapter.json`) loads as the base model it was trained from with the adapter and the stage-2
+        weights applied (`transformers_blap.training.load_stage2_lora_folder`), so `pipeline("audio-to-text",
+        model=folder)` works on it too.
+        """
+        path = pretrained_model_name_or_path
+        if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STAGE2_ADAPTER_MANIFEST)):
+            try:
+                from transformers_blap.training.stage2 import load_stage2_lora_folder
+            except ImportError:
+                raise OSError(
+                    f"{os.fspath(path)} holds a BLAP LoRA adapter, not a whole model: pip install"
+                    " 'transformers_blap[train]' and load it with"
+                    " transformers_blap.training.load_stage2_lora_folder(path)."
+                ) from None
+            dtype = kwargs.get("dtype")
+            return load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @staticmethod
     def _default_generation_config(config: BlapConfig) -> GenerationConfig:

@@ -1,12 +1,11 @@
 """
-Batching for BLAP training and evaluation.
-
-Two layers, so that the stage-1 collator (BERT tokenizer) reuses the first one:
+Batching for BLAP training and evaluation, one stack for both stages:
 
 - `AudioCaptionPreparer`: decodes each example's audio, cuts one window (random while training, fixed in evaluation),
   picks one of the example's captions (random while training, the first in evaluation) and augments it.
 - `BlapDataCollator`: the stage-2 collator, `AudioCaptionPreparer` followed by `BlapProcessor` (log-mel, prompt and
-  caption tokens with padding set to -100, truncated to `processor.max_txt_len`).
+  caption tokens with padding set to -100, truncated to `processor.max_txt_len`). The stage-1 collator
+  (`training.stage1.BlapStage1Collator`) is the same with the Q-Former's BERT tokenizer.
 """
 
 import copy
@@ -69,7 +68,8 @@ class AudioCaptionPreparer:
 
     Each example is a mapping with an audio entry (anything `transformers_blap.audio.load_audio` reads: a path, encoded
     bytes, a file object, a `datasets` Audio value such as `{"bytes", "path"}` from `Audio(decode=False)` or
-    `{"array", "sampling_rate"}`) and a caption entry (one string or a list of strings).
+    `{"array", "sampling_rate"}`; a bare array, tensor or list of samples is taken to be at `sampling_rate`) and a
+    caption entry (one string or a list of strings).
 
     In training mode the window of a long clip starts at a uniformly random sample and the caption is drawn uniformly
     from the example's captions, then `caption_augmentation` is applied. In evaluation mode the window is fixed
@@ -169,8 +169,16 @@ class AudioCaptionPreparer:
             where = f"example {index} of the batch"
             for column in (self.audio_column, self.caption_column):
                 if column not in example:
-                    raise KeyError(f"{where} has no {column!r} entry; it has {sorted(example)}.")
-            waveform = load_audio(example[self.audio_column], self.sampling_rate)
+                    raise KeyError(
+                        f"{where} has no {column!r} entry; it has {sorted(example)}. With `Trainer`, set"
+                        " `remove_unused_columns=False` (the BLAP training arguments do)."
+                    )
+            audio = example[self.audio_column]
+            if isinstance(audio, list):
+                audio = np.asarray(audio, dtype=np.float32)
+            # Bare samples carry no rate: they are taken to be at the feature extractor's.
+            array_rate = self.sampling_rate if isinstance(audio, (np.ndarray, torch.Tensor)) else None
+            waveform = load_audio(audio, self.sampling_rate, source_sampling_rate=array_rate)
             waveforms.append(self.cut_window(waveform))
             example_captions = as_caption_list(example[self.caption_column], where)
             references.append(example_captions)
@@ -254,7 +262,10 @@ class BlapDataCollator:
             `attention_mask` `(batch_size, prompt_length)`, `labels` and `decoder_attention_mask`
             `(batch_size, caption_length)`.
         """
-        batch = self.preparer(examples)
+        return self.encode(self.preparer(examples))
+
+    def encode(self, batch: AudioCaptionBatch) -> BatchFeature:
+        """The model inputs of a prepared batch: log-mel, prompt and caption tokens."""
         return self.processor(
             audio=batch.waveforms,
             sampling_rate=self.preparer.sampling_rate,
