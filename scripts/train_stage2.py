@@ -124,7 +124,13 @@ def caption_scorer(names: str):
     The `CaptionScorer` for `--eval_metrics`, built before training: unknown names, a missing Java and missing SPICE /
     FENSE downloads fail here, not at the first evaluation.
     """
-    from transformers_blap.evaluation import ALL_METRICS, NGRAM_METRICS, PAPER_METRICS, CaptionScorer
+    from transformers_blap.evaluation import (
+        ALL_METRICS,
+        NGRAM_METRICS,
+        PAPER_METRICS,
+        CaptionScorer,
+        MissingMetricResourceError,
+    )
 
     presets = {"ngram": NGRAM_METRICS, "paper": PAPER_METRICS, "all": ALL_METRICS}
     selected = presets.get(names.strip()) or tuple(name.strip() for name in names.split(",") if name.strip())
@@ -134,7 +140,10 @@ def caption_scorer(names: str):
             f"--eval_metrics {names!r}: unknown metric(s) {unknown}; pass ngram, paper, all or a comma-separated list"
             f" of {', '.join(ALL_METRICS)}."
         )
-    return CaptionScorer(selected)
+    try:
+        return CaptionScorer(selected)
+    except MissingMetricResourceError as error:
+        raise StartupError(f"--eval_metrics {names}: {error}") from error
 
 
 def build_processor(model_args: ModelArguments) -> BlapProcessor:

@@ -10,7 +10,7 @@ import huggingface_hub
 import pytest
 import safetensors.torch
 import torch
-from transformers import EarlyStoppingCallback, T5ForConditionalGeneration, T5TokenizerFast
+from transformers import EarlyStoppingCallback, T5ForConditionalGeneration, T5TokenizerFast, pipeline
 
 from transformers_blap import (
     BlapForConditionalGeneration,
@@ -322,12 +322,10 @@ def test_lora_trains_adapter_and_stage2_weights_and_saves_only_them(processor, c
 
     out = tmp_path / "out"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in (out / "lora").iterdir()}
-    assert not list(out.glob("**/model*.safetensors")) and not (out / "config.json").exists()
+    assert not list(out.glob("**/model*.safetensors"))
     saved_lora = safetensors.torch.load_file(out / "lora" / "adapter_model.safetensors")
     saved_stage2 = safetensors.torch.load_file(out / "stage2_trainable.safetensors")
     assert len(saved_lora) == len(lora) and sorted(saved_stage2) == stage2
-    with pytest.raises(OSError):
-        BlapForConditionalGeneration.from_pretrained(out)  # never silently the base model
 
     reloaded = load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), out)
     batch = _batch(processor, clip_dataset, size=2)
@@ -340,6 +338,20 @@ def test_lora_trains_adapter_and_stage2_weights_and_saves_only_them(processor, c
     base = BlapForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
     with torch.no_grad():
         assert not torch.allclose(base(**batch).logits, expected.logits)
+
+    # The folder opens like a PEFT folder: base model (named in the manifest) + adapter + stage-2 weights, never
+    # silently the base model alone; the pipeline takes it too.
+    captioner = pipeline("audio-to-text", model=str(out), device="cpu")
+    for opened in (BlapForConditionalGeneration.from_pretrained(out), captioner.model):
+        with torch.no_grad():
+            torch.testing.assert_close(opened(**batch).logits, expected.logits)
+        assert not any(param.requires_grad for param in opened.parameters())
+    assert captioner(clip_dataset[0]["audio"])[0]["generated_text"] == processor.batch_decode(
+        trainer.model.generate(**_batch(processor, clip_dataset, size=1)), skip_special_tokens=True
+    )[0].strip()
+    (tmp_path / "base").rename(tmp_path / "moved")
+    with pytest.raises(OSError, match=r"not on this machine: load it with .*load_stage2_adapter"):
+        BlapForConditionalGeneration.from_pretrained(out)
 
 
 def test_lora_best_checkpoint_and_resume_read_the_adapter_back(processor, clip_dataset, tmp_path):

@@ -513,12 +513,11 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             query_output (`torch.FloatTensor` of shape `(batch_size, num_query_tokens, qformer_hidden_size)`).
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, num_query_tokens, d_model)`, in the language model's dtype. The
-            projection runs in its own dtype: float32 when it trains beside a bfloat16 language model, also outside
-            autocast (`generate`).
+            `torch.FloatTensor` of shape `(batch_size, num_query_tokens, d_model)`. The projection runs in its own
+            dtype (or autocast's): float32 when it trains beside a bfloat16 language model, also outside autocast
+            (`generate`); `_language_model_inputs` casts its output to the language model's dtype.
         """
-        projected = self.language_projection(query_output.to(self.language_projection.weight.dtype))
-        return projected.to(self.language_model.get_input_embeddings().weight.dtype)
+        return self.language_projection(query_output.to(self.language_projection.weight.dtype))
 
     def _language_model_inputs(
         self,
