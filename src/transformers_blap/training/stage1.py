@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..processing_blap import BlapStage1Processor
-from .collator import AudioCaptionBatch, BlapDataCollator
+from .collator import AudioCaptionBatch, BlapDataCollator, train_dataloader_with_seeded_examples
 from .launch import OVERWRITE_OUTPUT_DIR_HELP
 
 STAGE1_LOSSES = ("loss_atc", "loss_atm", "loss_lm")
@@ -252,6 +252,9 @@ class BlapStage1Trainer(Trainer):
         for name, value in self._pop_mean_losses("eval").items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
+
+    def get_train_dataloader(self) -> DataLoader:
+        return train_dataloader_with_seeded_examples(self, super().get_train_dataloader)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         collator = self.data_collator

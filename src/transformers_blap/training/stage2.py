@@ -27,7 +27,7 @@ from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from ..configuration_blap import BlapConfig
 from ..modeling_blap import STAGE2_ADAPTER_MANIFEST, BlapForConditionalGeneration
-from .collator import BlapDataCollator, as_caption_list
+from .collator import BlapDataCollator, as_caption_list, train_dataloader_with_seeded_examples
 from .data import CAPTIONS_COLUMN
 from .launch import OVERWRITE_OUTPUT_DIR_HELP
 from .model_card import render_stage2_model_card
@@ -575,6 +575,9 @@ class BlapStage2Trainer(Seq2SeqTrainer):
             return make_loader()
         finally:
             self.data_collator = train_collator
+
+    def get_train_dataloader(self):
+        return train_dataloader_with_seeded_examples(self, super().get_train_dataloader)
 
     def get_eval_dataloader(self, eval_dataset: Any = None):
         return self._with_eval_collator(lambda: super(BlapStage2Trainer, self).get_eval_dataloader(eval_dataset))
