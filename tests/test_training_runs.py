@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from transformers import GenerationConfig, T5ForConditionalGeneration, T5TokenizerFast, pipeline
+from transformers import GenerationConfig, HfArgumentParser, T5ForConditionalGeneration, T5TokenizerFast, pipeline
 
 from transformers_blap import (
     BlapForConditionalGeneration,
     BlapForRepresentationLearning,
+    BlapProcessor,
     BlapStage1Processor,
     build_qformer_tokenizer,
 )
@@ -32,7 +33,7 @@ from transformers_blap.training import (
     load_stage2_model,
 )
 from transformers_blap.training.launch import StartupError
-from transformers_blap.training.stage1 import BlapStage1Collator
+from transformers_blap.training.stage1 import BlapStage1Collator, BlapStage1TrainingArguments
 
 from stage2_utils import deterministic_model, write_clip_dataset
 from tiny import tiny_feature_extractor, tiny_processor, tiny_stage1_config
@@ -118,11 +119,8 @@ def test_rerunning_the_command_after_sigkill_resumes_and_matches_an_uninterrupte
     if stage == 1:
         return
 
-    # --resume_from_checkpoint into the same folder, and starting over with --overwrite_output_dir.
+    # --resume_from_checkpoint into the same folder.
     _run(2, [*command(output)[1:], "--resume_from_checkpoint", str(output / "checkpoint-2")])
-    assert _losses(output) == expected
-    (output / "checkpoint-2" / "trainer_state.json").unlink()  # as if a crash had torn it
-    _run(2, [*command(output)[1:], "--overwrite_output_dir"])
     assert _losses(output) == expected
     assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
 
@@ -149,6 +147,12 @@ def test_checkpoint_to_resume_chooses_the_last_complete_checkpoint_and_refuses_t
     (tmp_path / "out" / "model.safetensors").write_bytes(b"")
     with pytest.raises(StartupError, match="already holds a trained model .* --overwrite_output_dir"):
         checkpoint_to_resume(args())
+    # Both scripts' parsers take the flag (transformers 5 removed its own).
+    for arguments in (BlapStage1TrainingArguments, BlapStage2TrainingArguments):
+        (parsed,) = HfArgumentParser(arguments).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path / "out"), "--overwrite_output_dir", "--use_cpu"]
+        )
+        assert parsed.overwrite_output_dir and checkpoint_to_resume(parsed) is None
 
 
 # ---------------------------------------------------------------------------------------- stage 1 to captions
@@ -177,6 +181,14 @@ def test_stage1_to_captions_in_three_commands(tmp_path, stage1_start, t5_tokeniz
     assert (saved.num_beams, saved.max_new_tokens, saved.min_length, saved.repetition_penalty) == (3, 6, 2, 1.3)
 
     captioner = pipeline("audio-to-text", model=str(tmp_path / "s2"), device="cpu")
+    stage1 = BlapForRepresentationLearning.from_pretrained(tmp_path / "s1")
+    saved_tokenizer = BlapProcessor.from_pretrained(tmp_path / "s2").tokenizer  # the language model's
+    assert saved_tokenizer.vocab_size == T5TokenizerFast.from_pretrained(t5_tokenizer_dir).vocab_size
+    torch.testing.assert_close(  # the frozen audio encoder (BatchNorm statistics included) is stage 1's
+        captioner.model.audio_encoder.state_dict()["audio_encoder.batch_norm.running_mean"],
+        stage1.audio_encoder.state_dict()["audio_encoder.batch_norm.running_mean"],
+    )
+    assert not torch.equal(captioner.model.query_tokens, stage1.query_tokens)  # trained on from stage 1's
     assert captioner.model.generation_config.num_beams == 3  # the saved defaults caption
     [result] = captioner(str(tmp_path / "clips" / "clip0.wav"))
     assert isinstance(result["generated_text"], str)  # (the tiny model's caption after one step may be empty)
