@@ -174,7 +174,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     """Everything that can fail before the first step: checkpoint, Hub settings, metrics, data, model, trainer."""
     if model_args.model_dtype not in DTYPES:
         raise StartupError(f"--model_dtype must be one of {sorted(DTYPES)}, got {model_args.model_dtype!r}.")
-    checkpoint = checkpoint_to_resume(training_args)
+    checkpoint = checkpoint_to_resume(training_args) if data_args.train_file is not None else None
     check_push_settings(training_args)
     train_dataset, eval_dataset, data_report = load_caption_splits(data_args, training_args.seed)
     do_eval = training_args.do_eval or eval_dataset is not None
