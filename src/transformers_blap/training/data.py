@@ -271,7 +271,10 @@ def load_caption_dataset(
         loaded = datasets.load_from_disk(str(path))
     elif name_or_path.endswith((".csv", ".jsonl", ".json")) or name_or_path.startswith(("/", ".", "~")):
         # A path, not a Hub dataset id (`owner/name`): say so instead of asking the Hub.
-        raise FileNotFoundError(f"Data file or folder not found: {name_or_path}")
+        raise FileNotFoundError(
+            f"Data file or folder not found: {name_or_path} (pass an existing .csv / .jsonl file or folder, or a Hub"
+            " dataset id such as owner/name)."
+        )
     else:
         loaded = datasets.load_dataset(name_or_path, config_name, split=split)
     if isinstance(loaded, datasets.DatasetDict):
