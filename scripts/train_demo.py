@@ -294,7 +294,7 @@ def train_stage1(output_dir: Path, train_dir: Path, parts: dict[str, Path], vari
     run_script(
         "train_stage1.py",
         [
-            "--data", str(train_dir),
+            "--train_file", str(train_dir),
             "--model", str(parts["stage1_init"]),
             "--max_txt_len", str(MAX_TXT_LEN),
             *common_training_args(

@@ -1,9 +1,11 @@
 """
 Stage-1 training of BLAP (BlapForRepresentationLearning: ATC + ATM + LM) with BlapStage1Trainer.
 
-Data: `--data` names a folder, a CSV or a JSON Lines file of audio paths with one or more captions each (see
-`transformers_blap.training.stage1.read_audio_captions`), or `--dataset` names any `datasets` dataset (Hub name or
-`save_to_disk` folder) with an Audio (or audio-path) column and a caption column (a string or a list of strings).
+Data: the same options and layouts as stage 2 (`transformers_blap.training.CaptionDataArguments`): `--train_file`
+names a CSV / JSON Lines file (an audio path column and `caption`, `captions` or `caption_1, caption_2, ...` columns;
+one row per clip or per audio-caption pair), a folder (`metadata.csv` / `metadata.jsonl`, audio files with `.txt`
+captions, or a `save_to_disk` dataset) or a Hub dataset id; `--eval_file` or `--eval_fraction` give evaluation data.
+Every audio file is opened before the first step (`--skip_bad_audio` leaves unreadable ones out).
 
 Model: `--model` continues from a stage-1 checkpoint (its processor too, when saved beside it); otherwise the model
 is built from pretrained parts: `--audio_encoder` (a transformers CLAP checkpoint), `--qformer` (BERT) and
@@ -11,20 +13,22 @@ is built from pretrained parts: `--audio_encoder` (a transformers CLAP checkpoin
 
 Every `TrainingArguments` option works (`--bf16`, `--gradient_accumulation_steps`, `--activation_checkpointing`,
 `--resume_from_checkpoint`, `--push_to_hub`, ...), plus the stage-1 ones of `BlapStage1TrainingArguments`
-(`--train_audio_encoder false`, `--spec_augment`, ...). Example:
+(`--train_audio_encoder false`, `--spec_augment`, `--overwrite_output_dir`, ...). Rerunning a command continues from
+the last checkpoint in `--output_dir`. Example:
 
-    python scripts/train_stage1.py --data captions.csv --output_dir blap-stage1 \\
+    python scripts/train_stage1.py --train_file captions.csv --output_dir blap-stage1 \\
         --per_device_train_batch_size 32 --learning_rate 1e-4 --max_steps 22500 --bf16 \\
         --first_word_drop Upbeat upbeat
 """
 
-import random
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
+import transformers
+from transformers import HfArgumentParser, set_seed
 
 from transformers_blap import (
     BlapFeatureExtractor,
@@ -32,24 +36,23 @@ from transformers_blap import (
     BlapStage1Processor,
     build_qformer_tokenizer,
 )
-from transformers_blap.training.stage1 import (
-    BlapStage1Collator,
-    BlapStage1Trainer,
-    BlapStage1TrainingArguments,
-    read_audio_captions,
+from transformers_blap.training import STAGE1_FIRST_WORD_DROP_PROBABILITY, FirstWordDropping
+from transformers_blap.training.launch import (
+    CaptionDataArguments,
+    check_push_settings,
+    checkpoint_to_resume,
+    load_caption_splits,
+    startup_errors_as_one_line,
+    write_data_report,
 )
+from transformers_blap.training.stage1 import BlapStage1Collator, BlapStage1Trainer, BlapStage1TrainingArguments
+
+PROGRAM = "train_stage1.py"
+logger = logging.getLogger("train_stage1")
 
 
 @dataclass
-class Stage1ScriptArguments:
-    data: str | None = field(default=None, metadata={"help": "Folder, .csv or .jsonl of audio paths and captions."})
-    dataset: str | None = field(default=None, metadata={"help": "A `datasets` dataset: Hub name or saved folder."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
-    split: str = field(default="train", metadata={"help": "Training split of --dataset."})
-    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split of --dataset."})
-    eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the clips for evaluation."})
-    audio_column: str = field(default="audio", metadata={"help": "Column with the audio (path or Audio value)."})
-    caption_column: str = field(default="caption", metadata={"help": "Column with a caption or a list of captions."})
+class Stage1ModelArguments:
     model: str | None = field(default=None, metadata={"help": "A stage-1 checkpoint to continue from."})
     audio_encoder: str = field(default="laion/clap-htsat-unfused", metadata={"help": "transformers CLAP checkpoint."})
     qformer: str = field(default="bert-base-uncased", metadata={"help": "BERT checkpoint for the Q-Former."})
@@ -63,48 +66,12 @@ class Stage1ScriptArguments:
     first_word_drop: list[str] = field(
         default_factory=list, metadata={"help": "Drop a caption's first word if it is one of these (release: 0.3)."}
     )
-    first_word_drop_probability: float = field(default=0.3, metadata={"help": "Probability of that drop."})
+    first_word_drop_probability: float = field(
+        default=STAGE1_FIRST_WORD_DROP_PROBABILITY, metadata={"help": "Probability of that drop."}
+    )
 
 
-def load_data(args: Stage1ScriptArguments, seed: int):
-    """The training and (optional) evaluation sets: lists of rows or `datasets.Dataset`s."""
-    if (args.data is None) == (args.dataset is None):
-        raise ValueError("Pass exactly one of --data (folder / CSV / JSONL) and --dataset (a `datasets` dataset).")
-    if args.data is not None:
-        rows = read_audio_captions(args.data, args.audio_column, args.caption_column)
-        if not args.eval_fraction:
-            return rows, None
-        random.Random(seed).shuffle(rows)
-        held_out = max(1, round(len(rows) * args.eval_fraction))
-        return rows[held_out:], rows[:held_out]
-
-    from datasets import Audio, DatasetDict, load_dataset, load_from_disk
-
-    def prepare(dataset):
-        if args.audio_column not in dataset.column_names or args.caption_column not in dataset.column_names:
-            raise ValueError(
-                f"--dataset needs columns {args.audio_column!r} and {args.caption_column!r};"
-                f" it has {dataset.column_names}."
-            )
-        # Decoded by the collator (soundfile), not by `datasets` (torchcodec + FFmpeg).
-        return dataset.cast_column(args.audio_column, Audio(decode=False))
-
-    def split(name: str):
-        if Path(args.dataset).is_dir():
-            loaded = load_from_disk(args.dataset)
-            return loaded[name] if isinstance(loaded, DatasetDict) else loaded
-        return load_dataset(args.dataset, args.dataset_config, split=name)
-
-    train = prepare(split(args.split))
-    if args.eval_split:
-        return train, prepare(split(args.eval_split))
-    if args.eval_fraction:
-        parts = train.train_test_split(test_size=args.eval_fraction, seed=seed)
-        return parts["train"], parts["test"]
-    return train, None
-
-
-def build_model_and_processor(args: Stage1ScriptArguments):
+def build_model_and_processor(args: Stage1ModelArguments):
     if args.model is not None:
         model = BlapForRepresentationLearning.from_pretrained(args.model)
         if (Path(args.model) / "processor_config.json").is_file():
@@ -128,33 +95,57 @@ def build_model_and_processor(args: Stage1ScriptArguments):
     if tokenizer.bos_token_id != model.config.qformer_dec_token_id:
         raise ValueError(
             f"The tokenizer's [DEC] id {tokenizer.bos_token_id} differs from the model's qformer_dec_token_id"
-            f" {model.config.qformer_dec_token_id}."
+            f" {model.config.qformer_dec_token_id}: pass the --qformer tokenizer the model was built with."
         )
     return model, BlapStage1Processor(feature_extractor, tokenizer, max_txt_len=args.max_txt_len)
 
 
-def main(argv: list[str] | None = None) -> BlapStage1Trainer:
-    parser = HfArgumentParser((Stage1ScriptArguments, BlapStage1TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    train_dataset, eval_dataset = load_data(args, training_args.seed)
-    model, processor = build_model_and_processor(args)
+def prepare(
+    model_args: Stage1ModelArguments, data_args: CaptionDataArguments, training_args: BlapStage1TrainingArguments
+):
+    """Everything that can fail before the first step: checkpoint, Hub settings, data, model, trainer."""
+    checkpoint = checkpoint_to_resume(training_args)
+    check_push_settings(training_args)
+    train_dataset, eval_dataset, data_report = load_caption_splits(data_args, training_args.seed)
+    if train_dataset is None:
+        raise ValueError("Pass --train_file: stage 1 trains.")
+    set_seed(training_args.seed)
+    model, processor = build_model_and_processor(model_args)
+    augmentation = (
+        FirstWordDropping(model_args.first_word_drop, model_args.first_word_drop_probability)
+        if model_args.first_word_drop
+        else None
+    )
     trainer = BlapStage1Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=BlapStage1Collator(
-            processor,
-            audio_column=args.audio_column,
-            caption_column=args.caption_column,
-            first_word_drop=args.first_word_drop,
-            first_word_drop_probability=args.first_word_drop_probability,
-        ),
+        data_collator=BlapStage1Collator(processor, caption_augmentation=augmentation),
         processing_class=processor,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.should_save:
+        write_data_report(training_args.output_dir, data_report)
+    return trainer, checkpoint
+
+
+def main(argv: list[str] | None = None) -> BlapStage1Trainer:
+    parser = HfArgumentParser((Stage1ModelArguments, CaptionDataArguments, BlapStage1TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    log_level = training_args.get_process_log_level()
+    for name in ("train_stage1", "transformers_blap"):
+        logging.getLogger(name).setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+    with startup_errors_as_one_line(PROGRAM):
+        trainer, checkpoint = prepare(model_args, data_args, training_args)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
-    if eval_dataset is not None:
+    trainer.save_state()
+    if trainer.eval_dataset is not None:
         trainer.evaluate()
     if training_args.push_to_hub:
         trainer.push_to_hub()

@@ -18,7 +18,6 @@ Every `Seq2SeqTrainingArguments` option works (`--eval_file ... --eval_strategy 
 under `torchrun` / `accelerate launch` for several GPUs or nodes (see configs/).
 """
 
-import functools
 import logging
 import os
 import sys
@@ -29,7 +28,6 @@ import datasets
 import torch
 import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from transformers_blap import BlapFeatureExtractor, BlapProcessor
 from transformers_blap.training import (
@@ -40,13 +38,23 @@ from transformers_blap.training import (
     BlapStage2TrainingArguments,
     PhraseDropping,
     add_lora,
-    load_caption_dataset,
     load_stage2_model,
+)
+from transformers_blap.training.launch import (
+    CaptionDataArguments,
+    StartupError,
+    check_push_settings,
+    checkpoint_to_resume,
+    load_caption_splits,
+    startup_errors_as_one_line,
+    write_data_report,
 )
 
 logger = logging.getLogger("train_stage2")
 
+PROGRAM = "train_stage2.py"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+GENERATION_OPTIONS = ("num_beams", "max_new_tokens", "min_length", "repetition_penalty")
 
 
 @dataclass
@@ -73,6 +81,14 @@ class ModelArguments:
     )
     prompt: str | None = field(default=None, metadata={"help": "Instruction given to the LLM; default: processor's."})
     max_txt_len: int | None = field(default=None, metadata={"help": "Caption length limit in tokens."})
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beams of the trained model's captions (default: the model's, BLAP's 10)."}
+    )
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Caption length limit (BLAP's default: 40)."})
+    min_length: int | None = field(default=None, metadata={"help": "Minimum caption length (BLAP's default: 30)."})
+    repetition_penalty: float | None = field(
+        default=None, metadata={"help": "Repetition penalty of the trained model's captions."}
+    )
     use_lora: bool = field(default=False, metadata={"help": "Add a LoRA adapter to the LLM's attention q and v."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
@@ -83,25 +99,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    train_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "Training data: a CSV / JSON Lines file (an audio path column and one or more caption columns),"
-            " a `save_to_disk` folder or a Hub dataset id."
-        },
-    )
-    eval_file: str | None = field(default=None, metadata={"help": "Evaluation data, same formats."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
-    train_split: str = field(default="train", metadata={"help": "Split of a Hub / saved dataset for training."})
-    eval_split: str = field(default="validation", metadata={"help": "Split of a Hub / saved dataset for evaluation."})
-    audio_column: str = field(default="audio", metadata={"help": "Column with audio paths or Audio values."})
-    caption_columns: str | None = field(
-        default=None, metadata={"help": "Comma-separated caption columns; default: caption, captions, caption_<n>."}
-    )
-    audio_root: str | None = field(default=None, metadata={"help": "Folder that relative audio paths start from."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training clips."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation clips."})
+class DataArguments(CaptionDataArguments):
     phrase_dropping: bool = field(
         default=True, metadata={"help": "The release's stage-2 caption de-biasing (drop 'upbeat', ...)."}
     )
@@ -110,8 +108,9 @@ class DataArguments:
     eval_metrics: str = field(
         default="ngram",
         metadata={
-            "help": "Caption metrics in evaluation: `ngram` (BLEU@1-4, METEOR, ROUGE-L, CIDEr-D) or a comma-separated"
-            " list from transformers_blap.evaluation.ALL_METRICS (SPICE and FENSE need their downloads)."
+            "help": "Caption metrics in evaluation: `ngram` (BLEU@1-4, METEOR, ROUGE-L, CIDEr-D), `paper`, `all` or a"
+            " comma-separated list from transformers_blap.evaluation.ALL_METRICS (SPICE and FENSE need"
+            " `blap setup-metrics`). Checked before training."
         },
     )
     num_logged_captions: int = field(default=5, metadata={"help": "Sample captions logged at each evaluation."})
@@ -120,12 +119,31 @@ class DataArguments:
     )
 
 
-def metric_function(names: str):
-    """The caption-metric callable for `--eval_metrics`."""
-    from transformers_blap.evaluation import NGRAM_METRICS, caption_metrics
+def caption_scorer(names: str):
+    """
+    The `CaptionScorer` for `--eval_metrics`, built before training: unknown names, a missing Java and missing SPICE /
+    FENSE downloads fail here, not at the first evaluation.
+    """
+    from transformers_blap.evaluation import (
+        ALL_METRICS,
+        NGRAM_METRICS,
+        PAPER_METRICS,
+        CaptionScorer,
+        MissingMetricResourceError,
+    )
 
-    selected = NGRAM_METRICS if names == "ngram" else tuple(name.strip() for name in names.split(",") if name.strip())
-    return functools.partial(caption_metrics, metrics=selected)
+    presets = {"ngram": NGRAM_METRICS, "paper": PAPER_METRICS, "all": ALL_METRICS}
+    selected = presets.get(names.strip()) or tuple(name.strip() for name in names.split(",") if name.strip())
+    unknown = [name for name in selected if name not in ALL_METRICS]
+    if unknown or not selected:
+        raise StartupError(
+            f"--eval_metrics {names!r}: unknown metric(s) {unknown}; pass ngram, paper, all or a comma-separated list"
+            f" of {', '.join(ALL_METRICS)}."
+        )
+    try:
+        return CaptionScorer(selected)
+    except MissingMetricResourceError as error:
+        raise StartupError(f"--eval_metrics {names}: {error}") from error
 
 
 def build_processor(model_args: ModelArguments) -> BlapProcessor:
@@ -145,48 +163,22 @@ def build_processor(model_args: ModelArguments) -> BlapProcessor:
     return processor
 
 
-def load_split(data_args: DataArguments, name_or_path: str, split: str, limit: int | None) -> datasets.Dataset:
-    caption_columns = data_args.caption_columns.split(",") if data_args.caption_columns else None
-    dataset = load_caption_dataset(
-        name_or_path,
-        config_name=data_args.dataset_config_name,
-        split=split,
-        audio_column=data_args.audio_column,
-        caption_columns=caption_columns,
-        audio_root=data_args.audio_root,
-    )
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    return dataset
+def set_generation_defaults(model, model_args: ModelArguments) -> None:
+    """The captioning settings given on the command line become the trained model's generation defaults."""
+    given = {name: getattr(model_args, name) for name in GENERATION_OPTIONS if getattr(model_args, name) is not None}
+    model.generation_config.update(**given)
+    model.generation_config.validate()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, BlapStage2TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: BlapStage2TrainingArguments):
+    """Everything that can fail before the first step: checkpoint, Hub settings, metrics, data, model, trainer."""
     if model_args.model_dtype not in DTYPES:
-        raise ValueError(f"--model_dtype must be one of {sorted(DTYPES)}, got {model_args.model_dtype!r}.")
-    if data_args.train_file is None and data_args.eval_file is None:
-        raise ValueError("Pass --train_file (and/or --eval_file): there is nothing to train or evaluate on.")
-
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
-    )
-    log_level = training_args.get_process_log_level()
-    for name in ("train_stage2", "transformers_blap"):
-        logging.getLogger(name).setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    logger.info("Training arguments: %s", training_args)
-
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info("Resuming from %s (pass --overwrite_output_dir to start over).", last_checkpoint)
+        raise StartupError(f"--model_dtype must be one of {sorted(DTYPES)}, got {model_args.model_dtype!r}.")
+    checkpoint = checkpoint_to_resume(training_args) if data_args.train_file is not None else None
+    check_push_settings(training_args)
+    train_dataset, eval_dataset, data_report = load_caption_splits(data_args, training_args.seed)
+    do_eval = training_args.do_eval or eval_dataset is not None
+    scorer = caption_scorer(data_args.eval_metrics) if do_eval and training_args.predict_with_generate else None
     set_seed(training_args.seed)
 
     model = load_stage2_model(
@@ -194,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         language_model_name_or_path=model_args.language_model_name_or_path,
         dtype=DTYPES[model_args.model_dtype],
     )
+    set_generation_defaults(model, model_args)
     processor = build_processor(model_args)
     if model_args.use_lora:
         add_lora(
@@ -203,15 +196,6 @@ def main(argv: list[str] | None = None) -> dict:
             lora_dropout=model_args.lora_dropout,
             target_modules=model_args.lora_target_modules,
         )
-
-    train_dataset = eval_dataset = None
-    if data_args.train_file is not None:
-        train_dataset = load_split(data_args, data_args.train_file, data_args.train_split, data_args.max_train_samples)
-    if data_args.eval_file is not None:
-        eval_dataset = load_split(data_args, data_args.eval_file, data_args.eval_split, data_args.max_eval_samples)
-    do_train = training_args.do_train or train_dataset is not None
-    do_eval = training_args.do_eval or eval_dataset is not None
-
     collator = BlapDataCollator(
         processor,
         eval_window=data_args.eval_window,
@@ -229,30 +213,59 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
-        caption_metrics=metric_function(data_args.eval_metrics) if do_eval else None,
+        caption_metrics=scorer,
         num_logged_captions=data_args.num_logged_captions,
         callbacks=callbacks,
     )
+    if training_args.should_save:
+        write_data_report(training_args.output_dir, data_report)
+    return trainer, checkpoint, scorer
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, BlapStage2TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    log_level = training_args.get_process_log_level()
+    for name in ("train_stage2", "transformers_blap"):
+        logging.getLogger(name).setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    logger.info("Training arguments: %s", training_args)
+
+    with startup_errors_as_one_line(PROGRAM):
+        trainer, checkpoint, scorer = prepare(model_args, data_args, training_args)
+    model = trainer.model
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     logger.info("Trainable: %d parameters in %d tensors.", trainable, len(trainer.trainable_parameter_names))
 
     results: dict = {}
-    if do_train:
-        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        results.update(metrics)
-    if do_eval:
-        metrics = trainer.evaluate(metric_key_prefix="eval")
-        metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results.update(metrics)
+    try:
+        if trainer.train_dataset is not None:
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+            trainer.save_model()
+            metrics = train_result.metrics
+            metrics["train_samples"] = len(trainer.train_dataset)
+            trainer.log_metrics("train", metrics)
+            trainer.save_metrics("train", metrics)
+            trainer.save_state()
+            results.update(metrics)
+        if trainer.eval_dataset is not None:
+            metrics = trainer.evaluate(metric_key_prefix="eval")
+            metrics["eval_samples"] = len(trainer.eval_dataset)
+            trainer.log_metrics("eval", metrics)
+            trainer.save_metrics("eval", metrics)
+            results.update(metrics)
+    finally:
+        if scorer is not None:
+            scorer.close()
 
     sources = (data_args.train_file, data_args.eval_file)
     card = {

@@ -345,7 +345,7 @@ def _trainer(tmp_path, model, processor, rows, **args):
         args=BlapStage1TrainingArguments(**defaults),
         train_dataset=rows,
         eval_dataset=rows,
-        data_collator=BlapStage1Collator(processor, random_caption=False),
+        data_collator=BlapStage1Collator(processor, training=False, caption_column="caption"),
         processing_class=processor,
     )
 
@@ -354,11 +354,12 @@ def test_collator_decodes_audio_and_picks_captions(stage1_processor, tmp_path):
     import numpy as np
     import soundfile
 
-    from transformers_blap.training.stage1 import BlapStage1Collator, drop_first_word
+    from transformers_blap.training import FirstWordDropping
+    from transformers_blap.training.stage1 import BlapStage1Collator
 
     stereo_48k = np.stack([np.linspace(-0.5, 0.5, 48_000), np.zeros(48_000)]).astype(np.float32)
     soundfile.write(tmp_path / "clip.wav", stereo_48k.T, 48_000, subtype="FLOAT")
-    collator = BlapStage1Collator(stage1_processor, random_caption=False)
+    collator = BlapStage1Collator(stage1_processor, training=False, caption_column="caption")
     sources = [
         str(tmp_path / "clip.wav"),  # a path, 48 kHz stereo
         {"array": stereo_48k, "sampling_rate": 48_000},  # a decoded datasets Audio value
@@ -372,12 +373,14 @@ def test_collator_decodes_audio_and_picks_captions(stage1_processor, tmp_path):
     with pytest.raises(ValueError):
         collator([{"audio": str(tmp_path / "missing.wav"), "caption": "x"}])
 
-    assert drop_first_word("Upbeat pop song", ["Upbeat"], 1.0) == "pop song"
-    assert drop_first_word("Upbeat pop song", ["Upbeat"], 0.0) == "Upbeat pop song"
-    assert drop_first_word("A pop song", ["Upbeat"], 1.0) == "A pop song"
+    assert FirstWordDropping(["Upbeat"], 1.0)("Upbeat pop song") == "pop song"
+    assert FirstWordDropping(["Upbeat"], 0.0)("Upbeat pop song") == "Upbeat pop song"
+    assert FirstWordDropping(["Upbeat"], 1.0)("A pop song") == "A pop song"
 
     rows = [{"audio": str(tmp_path / "clip.wav"), "caption": ["Upbeat pop song", "Upbeat rock"]}]
-    collator = BlapStage1Collator(stage1_processor, first_word_drop=["Upbeat"], first_word_drop_probability=1.0)
+    collator = BlapStage1Collator(
+        stage1_processor, caption_augmentation=FirstWordDropping(["Upbeat"], 1.0), caption_column="caption"
+    )
     batch = collator(rows * 2)
     assert set(batch) == {"input_features", "input_ids", "attention_mask"}
     assert batch["input_features"].shape == (2, 1, 101, 16)
@@ -387,7 +390,7 @@ def test_collator_decodes_audio_and_picks_captions(stage1_processor, tmp_path):
     assert stage1_processor.tokenizer.decode(evaluation["input_ids"][0], skip_special_tokens=True) == "upbeat pop song"
     with pytest.raises(KeyError, match="remove_unused_columns=False"):
         collator([{"caption": "x"}])
-    with pytest.raises(ValueError, match="non-empty list of strings"):
+    with pytest.raises(ValueError, match="no non-empty caption"):
         collator([{"audio": str(tmp_path / "clip.wav"), "caption": []}])
 
 
@@ -434,7 +437,7 @@ def test_trainer_logs_three_losses_and_divides_by_accumulation(stage1_processor,
 
     # One SGD step on the mean of two equal micro-batch losses = one step on one micro-batch's loss.
     reference.train()
-    batch = BlapStage1Collator(stage1_processor, random_caption=False)(rows[:2])
+    batch = BlapStage1Collator(stage1_processor, training=False, caption_column="caption")(rows[:2])
     out = reference(**batch, return_loss=True)
     out.loss.backward()
     assert abs(logged["loss"] - out.loss.item()) < 1e-4
@@ -492,7 +495,7 @@ def test_trainer_spec_augment_applies_in_training_only(stage1_processor, tmp_pat
         spec_augment_time_width=80,
         spec_augment_freq_width=12,
     )
-    batch = BlapStage1Collator(stage1_processor, random_caption=False)(_rows(2))
+    batch = BlapStage1Collator(stage1_processor, training=False, caption_column="caption")(_rows(2))
     model.eval()
     plain = trainer.compute_loss(model, batch).item()
     assert trainer.compute_loss(model, batch).item() == plain  # eval: no masking
@@ -676,37 +679,36 @@ def _write_clips(folder, n: int = 4) -> list:
     return paths
 
 
-def test_read_audio_captions_from_csv_jsonl_and_folder(tmp_path):
+def test_caption_reader_merges_pairs_reads_metadata_and_sidecar_folders(tmp_path):
     import json
 
-    from transformers_blap.training.stage1 import read_audio_captions
+    from transformers_blap.training import load_caption_dataset
 
-    paths = _write_clips(tmp_path / "audio", 2)
+    paths = [str(path) for path in _write_clips(tmp_path / "audio", 2)]
     (tmp_path / "pairs.csv").write_text(
         "audio,caption\naudio/clip0.wav,calm piano\naudio/clip1.wav,loud drums\naudio/clip0.wav,soft keys\n"
     )
-    rows = read_audio_captions(tmp_path / "pairs.csv")
-    assert rows == [
-        {"audio": str(paths[0]), "caption": ["calm piano", "soft keys"]},
-        {"audio": str(paths[1]), "caption": ["loud drums"]},
-    ]
+    assert load_caption_dataset(str(tmp_path / "pairs.csv")).to_dict() == {
+        "audio": paths,
+        "captions": [["calm piano", "soft keys"], ["loud drums"]],
+    }
     lines = [
         {"file_name": "audio/clip0.wav", "text": ["calm piano", "soft keys"]},
         {"file_name": "audio/clip1.wav", "text": "loud drums"},
     ]
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    assert read_audio_captions(tmp_path, caption_column="text") == [
-        {"audio": str(paths[0]), "text": ["calm piano", "soft keys"]},
-        {"audio": str(paths[1]), "text": ["loud drums"]},
-    ]
+    assert load_caption_dataset(str(tmp_path), caption_columns=["text"]).to_dict() == {
+        "audio": paths,
+        "captions": [["calm piano", "soft keys"], ["loud drums"]],
+    }
     (tmp_path / "audio" / "clip0.txt").write_text("calm piano\n\nsoft keys\n")
     with pytest.raises(FileNotFoundError, match="clip1.txt"):
-        read_audio_captions(tmp_path / "audio")
+        load_caption_dataset(str(tmp_path / "audio"))
     (tmp_path / "audio" / "clip1.txt").write_text("loud drums")
-    assert read_audio_captions(tmp_path / "audio")[0]["caption"] == ["calm piano", "soft keys"]
+    assert load_caption_dataset(str(tmp_path / "audio"))["captions"][0] == ["calm piano", "soft keys"]
     (tmp_path / "bad.csv").write_text("path,caption\nx.wav,a\n")
-    with pytest.raises(ValueError, match="row 1: needs 'audio'"):
-        read_audio_captions(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="no audio column 'audio'"):
+        load_caption_dataset(str(tmp_path / "bad.csv"))
 
 
 def test_train_stage1_script_from_parts_and_csv(fixture_dir, tmp_path):
@@ -720,7 +722,7 @@ def test_train_stage1_script_from_parts_and_csv(fixture_dir, tmp_path):
     out = tmp_path / "out"
     trainer = _script().main(
         [
-            "--data",
+            "--train_file",
             str(tmp_path / "data" / "pairs.csv"),
             "--eval_fraction",
             "0.5",
@@ -756,7 +758,7 @@ def test_train_stage1_script_from_parts_and_csv(fixture_dir, tmp_path):
             "false",
         ]
     )
-    assert trainer.data_collator.first_word_drop == ["caption", "another"]
+    assert trainer.data_collator.preparer.caption_augmentation.words == {"caption", "another"}
     assert any("loss_atc" in entry for entry in trainer.state.log_history)
     assert any("eval_loss_lm" in entry for entry in trainer.state.log_history)
     assert not any(p.requires_grad for p in trainer.model.audio_encoder.parameters())
@@ -778,11 +780,11 @@ def test_train_stage1_script_continues_from_a_checkpoint_with_a_datasets_dataset
     stage1_processor.save_pretrained(tmp_path / "start")
     trainer = _script().main(
         [
-            "--dataset",
+            "--train_file",
             str(tmp_path / "dataset"),
             "--audio_column",
             "song",
-            "--caption_column",
+            "--caption_columns",
             "texts",
             "--model",
             str(tmp_path / "start"),
@@ -804,7 +806,7 @@ def test_train_stage1_script_continues_from_a_checkpoint_with_a_datasets_dataset
     )
     assert trainer.state.global_step == 2 and trainer.args.spec_augment
     assert [entry["loss_lm"] > 0 for entry in trainer.state.log_history if "loss_lm" in entry] == [True, True]
-    with pytest.raises(ValueError, match="exactly one of --data"):
+    with pytest.raises(SystemExit, match="^train_stage1.py: error: Pass --train_file"):
         _script().main(["--output_dir", str(tmp_path / "x"), "--use_cpu"])
 
 

@@ -43,6 +43,9 @@ from .configuration_blap import BlapConfig, conversion_module, original_release_
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
+# Marks a folder written by a LoRA stage-2 run (`transformers_blap.training.save_stage2_adapter`): an adapter and the
+# stage-2 weights on top of a base model, which `BlapForConditionalGeneration.from_pretrained` loads together.
+STAGE2_ADAPTER_MANIFEST = "blap_stage2_adapter.json"
 
 
 @dataclass
@@ -351,11 +354,27 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "BlapForConditionalGeneration":
         """
-        `PreTrainedModel.from_pretrained`, which also loads the authors' original release as it is published (a Hub
-        repository or folder holding its `.ckpt` and `config.json`, e.g. `"Tino3141/blap"`): converted once, the
-        converted folder kept in the Hugging Face cache per revision (`configuration_blap.original_release_source`).
+        `PreTrainedModel.from_pretrained`, which also opens two folders that are not plain transformers checkpoints:
+        - a local folder written by a LoRA stage-2 run (it holds `blap_stage2_adapter.json`) loads as the base model it
+          was trained from with the adapter and the stage-2 weights applied
+          (`transformers_blap.training.load_stage2_lora_folder`), so `pipeline("audio-to-text", model=folder)` works;
+        - the authors' original release as it is published (a Hub repository or folder holding its `.ckpt` and
+          `config.json`, e.g. `"Tino3141/blap"`): converted once, the converted folder kept in the Hugging Face cache
+          per revision (`configuration_blap.original_release_source`).
         """
-        source = original_release_source(pretrained_model_name_or_path, kwargs)
+        path = pretrained_model_name_or_path
+        if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STAGE2_ADAPTER_MANIFEST)):
+            try:
+                from transformers_blap.training.stage2 import load_stage2_lora_folder
+            except ImportError:
+                raise OSError(
+                    f"{os.fspath(path)} holds a BLAP LoRA adapter, not a whole model: pip install"
+                    " 'transformers_blap[train]' and load it with"
+                    " transformers_blap.training.load_stage2_lora_folder(path)."
+                ) from None
+            dtype = kwargs.get("dtype")
+            return load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+        source = original_release_source(path, kwargs)
         return super().from_pretrained(source, *model_args, **kwargs)
 
     @staticmethod
@@ -490,6 +509,20 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 return_dict=True,
             )
 
+    def _project_queries(self, query_output: torch.Tensor) -> torch.Tensor:
+        """
+        The Q-Former's query outputs projected into the language model's embedding space.
+
+        Args:
+            query_output (`torch.FloatTensor` of shape `(batch_size, num_query_tokens, qformer_hidden_size)`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_query_tokens, d_model)`. The projection runs in its own
+            dtype (or autocast's): float32 when it trains beside a bfloat16 language model, also outside autocast
+            (`generate`); `_language_model_inputs` casts its output to the language model's dtype.
+        """
+        return self.language_projection(query_output.to(self.language_projection.weight.dtype))
+
     def _language_model_inputs(
         self,
         language_model_inputs: torch.Tensor,
@@ -551,8 +584,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             )
         audio_embeds = self.get_audio_features(input_features)
         qformer_outputs = self.get_qformer_features(audio_embeds=audio_embeds)
-        query_output = qformer_outputs.last_hidden_state.to(self.language_model.get_input_embeddings().weight.dtype)
-        language_model_inputs = self.language_projection(query_output)
+        language_model_inputs = self._project_queries(qformer_outputs.last_hidden_state)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
         if decoder_input_ids is None and labels is None:
             # No target given: score the first caption token after the decoder start token.
@@ -614,17 +646,21 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         self._check_input_features(input_features)
         self._check_prompt(input_ids, attention_mask, input_features.shape[0])
         qformer_outputs = self.get_qformer_features(input_features=input_features)
-        query_output = qformer_outputs.last_hidden_state.to(self.language_model.get_input_embeddings().weight.dtype)
-        language_model_inputs = self.language_projection(query_output)
+        language_model_inputs = self._project_queries(qformer_outputs.last_hidden_state)
         inputs_embeds, encoder_mask = self._language_model_inputs(language_model_inputs, input_ids, attention_mask)
+        # Options left `None` in a given config (transformers 5 defaults) are taken from `self.generation_config`
+        # (the language model's `generate` fills the rest with transformers' global defaults).
         generation_config = copy.deepcopy(generation_config or self.generation_config)
+        generation_config.update(**self.generation_config.to_dict(), defaults_only=True)
         model_kwargs = generation_config.update(**generate_kwargs)  # what is not a generation option: streamer, ...
+        defaults = generation_config._get_default_generation_params()
+        num_beams = generation_config.num_beams or defaults["num_beams"]
         # A model split over devices or offloaded by accelerate moves weights and inputs at the T5 block boundary,
         # so its cross-attention projections cannot be called on their own.
         dispatched = len(set(getattr(self, "hf_device_map", {}).values())) > 1
         grouped = False
         if (
-            generation_config.num_beams > 1
+            num_beams > 1
             and generation_config.use_cache is not False
             and generation_config.cache_implementation is None
             and model_kwargs.get("past_key_values") is None
@@ -643,9 +679,11 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             grouped = self.language_model.decoder.config._attn_implementation == "sdpa"
             model_kwargs["encoder_outputs"] = encoder_outputs
             # The decoder reads the start token and every generated token but the last.
-            caption_length = generation_config.max_new_tokens or generation_config.max_length - 1
+            caption_length = (
+                generation_config.max_new_tokens or (generation_config.max_length or defaults["max_length"]) - 1
+            )
             model_kwargs["past_key_values"] = self._beam_search_cache(
-                encoder_outputs.last_hidden_state, generation_config.num_beams, caption_length, repeat=not grouped
+                encoder_outputs.last_hidden_state, num_beams, caption_length, repeat=not grouped
             )
         else:
             model_kwargs["inputs_embeds"] = inputs_embeds

@@ -8,7 +8,15 @@ from .augmentation import (
     PhraseDropping,
 )
 from .collator import AudioCaptionBatch, AudioCaptionPreparer, BlapDataCollator, as_caption_list
-from .data import caption_dataset, load_caption_dataset, load_caption_file, resolve_caption_columns
+from .data import (
+    caption_dataset,
+    check_audio_files,
+    load_caption_dataset,
+    load_caption_file,
+    load_caption_folder,
+    resolve_caption_columns,
+)
+from .launch import CaptionDataArguments, checkpoint_to_resume, load_caption_splits
 from .model_card import (
     render_stage1_model_card,
     render_stage2_model_card,
@@ -25,6 +33,7 @@ from .stage2 import (
     has_lora,
     load_language_model_weights,
     load_stage2_adapter,
+    load_stage2_lora_folder,
     load_stage2_model,
     save_stage2_adapter,
     warn_if_float16,
@@ -40,18 +49,24 @@ __all__ = [
     "BlapDataCollator",
     "BlapStage2Trainer",
     "BlapStage2TrainingArguments",
+    "CaptionDataArguments",
     "FirstWordDropping",
     "PhraseDropping",
     "add_lora",
     "as_caption_list",
     "caption_dataset",
+    "check_audio_files",
+    "checkpoint_to_resume",
     "configure_stage2_trainable",
     "default_caption_metrics",
     "has_lora",
     "load_caption_dataset",
     "load_caption_file",
+    "load_caption_folder",
+    "load_caption_splits",
     "load_language_model_weights",
     "load_stage2_adapter",
+    "load_stage2_lora_folder",
     "load_stage2_model",
     "render_stage1_model_card",
     "render_stage2_model_card",

@@ -1,14 +1,14 @@
 """
-Batching for BLAP training and evaluation.
-
-Two layers, so that the stage-1 collator (BERT tokenizer) reuses the first one:
+Batching for BLAP training and evaluation, one stack for both stages:
 
 - `AudioCaptionPreparer`: decodes each example's audio, cuts one window (random while training, fixed in evaluation),
   picks one of the example's captions (random while training, the first in evaluation) and augments it.
 - `BlapDataCollator`: the stage-2 collator, `AudioCaptionPreparer` followed by `BlapProcessor` (log-mel, prompt and
-  caption tokens with padding set to -100, truncated to `processor.max_txt_len`).
+  caption tokens with padding set to -100, truncated to `processor.max_txt_len`). The stage-1 collator
+  (`training.stage1.BlapStage1Collator`) is the same with the Q-Former's BERT tokenizer.
 """
 
+import contextlib
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +21,61 @@ from transformers.feature_extraction_utils import BatchFeature
 from ..audio import load_audio
 
 EVAL_WINDOWS = ("first", "center")
+# A training row's seed for its random draws (window, caption, augmentation), set by `SeededExamples`.
+EXAMPLE_SEED_KEY = "_blap_example_seed"
+
+
+class SeededExamples(torch.utils.data.Dataset):
+    """
+    A training set whose rows carry their own seed, a function of the run's seed, the epoch and the row index: the
+    collator draws each row's window, caption and augmentation from it instead of from torch's global generator. So
+    the draws do not depend on which batches were collated before (the data loader collates one batch ahead, and a
+    resumed run skips the finished batches without collating them), and the global generator, which a checkpoint
+    saves, is left to the model: a run resumed from a checkpoint continues exactly as the uninterrupted run.
+
+    Args:
+        dataset: a map-style dataset of mappings.
+        seed (`int`): the run's seed.
+    """
+
+    def __init__(self, dataset: Any, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the data loader at the start of each epoch, so each epoch draws anew."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0]
+        return {**self.dataset[index], EXAMPLE_SEED_KEY: int(seed)}
+
+
+def train_dataloader_with_seeded_examples(trainer: Any, make_loader: Callable[[], Any]) -> Any:
+    """`Trainer.get_train_dataloader` (`make_loader`) over `trainer.train_dataset` wrapped in [`SeededExamples`]."""
+    dataset = trainer.train_dataset
+    if isinstance(dataset, SeededExamples) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        return make_loader()  # no training set, or an iterable one
+    trainer.train_dataset = SeededExamples(dataset, trainer.args.seed)
+    try:
+        return make_loader()
+    finally:
+        trainer.train_dataset = dataset
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    """Inside the block torch's global generator starts from `seed`; afterwards it is as before (no-op for None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -69,12 +124,14 @@ class AudioCaptionPreparer:
 
     Each example is a mapping with an audio entry (anything `transformers_blap.audio.load_audio` reads: a path, encoded
     bytes, a file object, a `datasets` Audio value such as `{"bytes", "path"}` from `Audio(decode=False)` or
-    `{"array", "sampling_rate"}`) and a caption entry (one string or a list of strings).
+    `{"array", "sampling_rate"}`; a bare array, tensor or list of samples is taken to be at `sampling_rate`) and a
+    caption entry (one string or a list of strings).
 
     In training mode the window of a long clip starts at a uniformly random sample and the caption is drawn uniformly
     from the example's captions, then `caption_augmentation` is applied. In evaluation mode the window is fixed
     (`eval_window`: the first `window_s` seconds, or the centred ones) and the first caption is the target, unchanged.
-    Random draws use torch's global generator, which `Trainer` seeds and every `DataLoader` worker reseeds.
+    Random draws use the row's own seed when it has one ([`SeededExamples`], which the BLAP trainers wrap their
+    training sets in), else torch's global generator.
 
     Args:
         sampling_rate (`int`): the rate waveforms are decoded to (the feature extractor's).
@@ -169,12 +226,21 @@ class AudioCaptionPreparer:
             where = f"example {index} of the batch"
             for column in (self.audio_column, self.caption_column):
                 if column not in example:
-                    raise KeyError(f"{where} has no {column!r} entry; it has {sorted(example)}.")
-            waveform = load_audio(example[self.audio_column], self.sampling_rate)
-            waveforms.append(self.cut_window(waveform))
+                    raise KeyError(
+                        f"{where} has no {column!r} entry; it has {sorted(example)}. With `Trainer`, set"
+                        " `remove_unused_columns=False` (the BLAP training arguments do)."
+                    )
+            audio = example[self.audio_column]
+            if isinstance(audio, list):
+                audio = np.asarray(audio, dtype=np.float32)
+            # Bare samples carry no rate: they are taken to be at the feature extractor's.
+            array_rate = self.sampling_rate if isinstance(audio, (np.ndarray, torch.Tensor)) else None
+            waveform = load_audio(audio, self.sampling_rate, source_sampling_rate=array_rate)
             example_captions = as_caption_list(example[self.caption_column], where)
             references.append(example_captions)
-            captions.append(self.pick_caption(example_captions))
+            with _seeded(example.get(EXAMPLE_SEED_KEY) if self.training else None):
+                waveforms.append(self.cut_window(waveform))
+                captions.append(self.pick_caption(example_captions))
         return AudioCaptionBatch(waveforms=waveforms, captions=captions, references=references)
 
 
@@ -254,7 +320,10 @@ class BlapDataCollator:
             `attention_mask` `(batch_size, prompt_length)`, `labels` and `decoder_attention_mask`
             `(batch_size, caption_length)`.
         """
-        batch = self.preparer(examples)
+        return self.encode(self.preparer(examples))
+
+    def encode(self, batch: AudioCaptionBatch) -> BatchFeature:
+        """The model inputs of a prepared batch: log-mel, prompt and caption tokens."""
         return self.processor(
             audio=batch.waveforms,
             sampling_rate=self.preparer.sampling_rate,
@@ -263,4 +332,13 @@ class BlapDataCollator:
         )
 
 
-__all__ = ["EVAL_WINDOWS", "AudioCaptionBatch", "AudioCaptionPreparer", "BlapDataCollator", "as_caption_list"]
+__all__ = [
+    "EVAL_WINDOWS",
+    "EXAMPLE_SEED_KEY",
+    "AudioCaptionBatch",
+    "AudioCaptionPreparer",
+    "BlapDataCollator",
+    "SeededExamples",
+    "as_caption_list",
+    "train_dataloader_with_seeded_examples",
+]

@@ -1,20 +1,31 @@
 """
-Caption datasets for training and evaluation: CSV / JSON Lines files or `datasets` datasets, normalised to two columns,
-`audio` (a path, or a `{"bytes", "path"}` Audio value) and `captions` (a list of strings).
+Caption datasets for training (both stages) and evaluation: CSV / JSON Lines files, folders of audio files with
+captions, or `datasets` datasets, normalised to two columns, `audio` (a path, or a `{"bytes", "path"}` Audio value) and
+`captions` (a list of strings); and the up-front check that every audio file opens.
 """
 
 import csv
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from ..audio import audio_duration
+
+logger = logging.getLogger(__name__)
+
 AUDIO_COLUMN = "audio"
 CAPTIONS_COLUMN = "captions"
+# `datasets`' audiofolder names the audio column of metadata.csv / metadata.jsonl `file_name`.
+FILE_NAME_COLUMN = "file_name"
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
 _CAPTION_COLUMN_PATTERN = re.compile(r"^captions?([ _-]?\d+)?$", re.IGNORECASE)
 
 
@@ -103,7 +114,9 @@ def load_caption_file(
 
     Each row names one audio file (relative paths are resolved against `audio_root`, by default the table's folder)
     and has one or more captions: several caption columns, a column holding a list (JSON Lines) or a JSON-encoded list
-    (CSV). Empty cells are skipped, so clips may have different numbers of captions.
+    (CSV). Empty cells are skipped, so clips may have different numbers of captions. Rows naming the same file (one
+    row per audio-caption pair) are merged into one clip. Without an `audio_column` column, `file_name` (the name in
+    `datasets`' audiofolder metadata) is read.
 
     Args:
         path (`str` or `os.PathLike`): a `.csv`, `.jsonl` or `.json` file.
@@ -122,18 +135,20 @@ def load_caption_file(
     if not rows:
         raise ValueError(f"{path} has no rows.")
     columns = list(dict.fromkeys(column for row in rows for column in row))
+    if audio_column not in columns and FILE_NAME_COLUMN in columns:
+        audio_column = FILE_NAME_COLUMN
     if audio_column not in columns:
         raise ValueError(f"{path} has no audio column {audio_column!r} (columns: {columns}); set `audio_column`.")
     caption_columns = resolve_caption_columns([c for c in columns if c != audio_column], caption_columns)
     root = Path(audio_root) if audio_root is not None else path.parent
-    audio, captions = [], []
+    clips: dict[str, list[str]] = {}
     for number, row in enumerate(rows, start=1):
         where = f"{path}, row {number}"
         source = row.get(audio_column)
         if not isinstance(source, str) or not source.strip():
             raise ValueError(f"{where}: the {audio_column!r} entry must be a file path, got {source!r}.")
-        audio.append(str((root / source.strip()).resolve()))
-        captions.append(_captions_of(row, caption_columns, where))
+        clips.setdefault(str((root / source.strip()).resolve()), []).extend(_captions_of(row, caption_columns, where))
+    audio, captions = list(clips), list(clips.values())
     if check_files:
         missing = [file for file in audio if not os.path.isfile(file)]
         if missing:
@@ -141,6 +156,46 @@ def load_caption_file(
                 f"{len(missing)} of {len(audio)} audio files listed in {path} do not exist, e.g. {missing[:5]}."
             )
     return datasets.Dataset.from_dict({AUDIO_COLUMN: audio, CAPTIONS_COLUMN: captions})
+
+
+def load_caption_folder(
+    path: str | os.PathLike,
+    audio_column: str = AUDIO_COLUMN,
+    caption_columns: Sequence[str] | None = None,
+    audio_root: str | os.PathLike | None = None,
+) -> datasets.Dataset:
+    """
+    Read a folder of audio files and captions: its `metadata.jsonl` / `metadata.csv` (see [`load_caption_file`]), or
+    else every audio file in it (recursively) with a `.txt` file of the same name beside it, one caption per line.
+
+    Returns:
+        `datasets.Dataset` with the columns `audio` (`str`, an absolute path) and `captions` (`list[str]`).
+    """
+    path = Path(path)
+    for name in METADATA_FILES:
+        if (path / name).is_file():
+            return load_caption_file(path / name, audio_column, caption_columns, audio_root)
+    audio, captions = [], []
+    for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+        sidecar = file.with_suffix(".txt")
+        if not sidecar.is_file():
+            raise FileNotFoundError(f"{file} has no caption file {sidecar.name} beside it (one caption per line).")
+        lines = [line.strip() for line in sidecar.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{sidecar} holds no caption.")
+        audio.append(str(file.resolve()))
+        captions.append(lines)
+    if not audio:
+        raise ValueError(
+            f"{path} has no {' or '.join(METADATA_FILES)}, is no `save_to_disk` dataset and holds no audio files"
+            f" ({', '.join(AUDIO_EXTENSIONS)}) with .txt captions."
+        )
+    return datasets.Dataset.from_dict({AUDIO_COLUMN: audio, CAPTIONS_COLUMN: captions})
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """Whether `path` was written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
 def caption_dataset(
@@ -193,10 +248,11 @@ def load_caption_dataset(
     audio_root: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """
-    Load a caption dataset from a CSV / JSON Lines file, a folder written by `Dataset.save_to_disk`, or the Hub.
+    Load a caption dataset from a CSV / JSON Lines file, a folder (written by `Dataset.save_to_disk`, or read by
+    [`load_caption_folder`]), or the Hub. Both training stages and the evaluation read their data through here.
 
     Args:
-        name_or_path (`str`): a `.csv` / `.jsonl` / `.json` file, a `save_to_disk` folder, or a Hub dataset id.
+        name_or_path (`str`): a `.csv` / `.jsonl` / `.json` file, a folder, or a Hub dataset id.
         config_name (`str`, *optional*): the Hub dataset's configuration.
         split (`str`, *optional*, defaults to `"train"`): the split of a Hub dataset or a saved `DatasetDict`.
         audio_column (`str`, *optional*, defaults to `"audio"`).
@@ -209,8 +265,16 @@ def load_caption_dataset(
     path = Path(name_or_path)
     if path.is_file():
         return load_caption_file(path, audio_column, caption_columns, audio_root)
+    if path.is_dir() and not _is_saved_dataset(path):
+        return load_caption_folder(path, audio_column, caption_columns, audio_root)
     if path.is_dir():
         loaded = datasets.load_from_disk(str(path))
+    elif name_or_path.endswith((".csv", ".jsonl", ".json")) or name_or_path.startswith(("/", ".", "~")):
+        # A path, not a Hub dataset id (`owner/name`): say so instead of asking the Hub.
+        raise FileNotFoundError(
+            f"Data file or folder not found: {name_or_path} (pass an existing .csv / .jsonl file or folder, or a Hub"
+            " dataset id such as owner/name)."
+        )
     else:
         loaded = datasets.load_dataset(name_or_path, config_name, split=split)
     if isinstance(loaded, datasets.DatasetDict):
@@ -220,11 +284,72 @@ def load_caption_dataset(
     return caption_dataset(loaded, audio_column, caption_columns)
 
 
+def _unreadable(source: Any) -> str | None:
+    """Why the audio `source` cannot be used (header only where the format has one), or `None` if it opens."""
+    try:
+        if audio_duration(source) <= 0:
+            return "it holds no samples."
+    except Exception as error:  # every decoder failure counts: the clip cannot be trained on
+        return " ".join(str(error).split())
+    return None
+
+
+def _audio_name(source: Any) -> str:
+    if isinstance(source, Mapping):
+        return str(source.get("path") or "<bytes>")
+    return str(source)
+
+
+def check_audio_files(
+    dataset: datasets.Dataset,
+    skip_bad_audio: bool = False,
+    max_workers: int = 16,
+    audio_column: str = AUDIO_COLUMN,
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """
+    Open every clip's audio before training (the header only, where the format has one; in a thread pool) so that
+    an unreadable file stops the run now, with all of them listed, instead of mid-run when a batch reaches it.
+
+    Args:
+        dataset (`datasets.Dataset`) with an `audio_column` of paths or `{"bytes", "path"}` values.
+        skip_bad_audio (`bool`, *optional*, defaults to `False`): leave unreadable clips out instead of raising.
+        max_workers (`int`, *optional*, defaults to 16): threads.
+        audio_column (`str`, *optional*, defaults to `"audio"`).
+
+    Returns:
+        `(dataset, report)`: the dataset (without the unreadable clips when skipping) and
+        `{"clips": kept, "skipped_unreadable": count, "unreadable": [{"audio", "reason"}, ...]}`.
+
+    Raises:
+        `ValueError`: listing the unreadable clips, unless `skip_bad_audio`.
+    """
+    sources = dataset.select_columns([audio_column])[audio_column]
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        reasons = list(pool.map(_unreadable, sources))
+    bad = [index for index, reason in enumerate(reasons) if reason is not None]
+    unreadable = [{"audio": _audio_name(sources[index]), "reason": reasons[index]} for index in bad]
+    if bad and not skip_bad_audio:
+        shown = "; ".join(f"{item['audio']} ({item['reason']})" for item in unreadable[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{len(bad)} of {len(sources)} audio files cannot be read: {shown}{more}. Fix or remove them, or pass"
+            " --skip_bad_audio to train without them."
+        )
+    if bad:
+        logger.warning("Leaving out %d of %d clips whose audio cannot be read.", len(bad), len(sources))
+        bad_set = set(bad)
+        dataset = dataset.select([index for index in range(len(sources)) if index not in bad_set])
+    return dataset, {"clips": len(dataset), "skipped_unreadable": len(bad), "unreadable": unreadable}
+
+
 __all__ = [
     "AUDIO_COLUMN",
     "CAPTIONS_COLUMN",
+    "AUDIO_EXTENSIONS",
     "caption_dataset",
+    "check_audio_files",
     "load_caption_dataset",
     "load_caption_file",
+    "load_caption_folder",
     "resolve_caption_columns",
 ]

@@ -1,27 +1,23 @@
 """
-Stage-1 training of [`BlapForRepresentationLearning`]: a collator that decodes audio and tokenizes one caption per
-clip with the Q-Former's BERT tokenizer, SpecAugment, the first-word caption dropping of the original release, and
-`BlapStage1Trainer`, a `Trainer` that logs the three stage-1 losses.
+Stage-1 training of [`BlapForRepresentationLearning`]: the stage-2 collator with the Q-Former's BERT tokenizer,
+SpecAugment, and `BlapStage1Trainer`, a `Trainer` that logs the three stage-1 losses.
 """
 
-import dataclasses
-import os
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
-from ..audio import load_audio
 from ..hub import HubErrorsInTrainer
 from ..processing_blap import BlapStage1Processor
+from .collator import AudioCaptionBatch, BlapDataCollator, train_dataloader_with_seeded_examples
+from .launch import OVERWRITE_OUTPUT_DIR_HELP
 from .model_card import write_model_card
 
 STAGE1_LOSSES = ("loss_atc", "loss_atm", "loss_lm")
@@ -30,145 +26,45 @@ STAGE1_LOSSES = ("loss_atc", "loss_atm", "loss_lm")
 # ----------------------------------------------------------------------------------------------------- data
 
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
-
-
-def read_audio_captions(
-    path: str | os.PathLike, audio_column: str = "audio", caption_column: str = "caption"
-) -> list[dict[str, Any]]:
+class BlapStage1Collator(BlapDataCollator):
     """
-    Read audio paths and their captions from a CSV file, a JSON Lines file or a folder.
-
-    - CSV / JSONL: one row per (audio, caption) pair or per clip; `caption_column` holds a string (or, in JSONL, a
-      list of strings). Rows naming the same audio are merged into one clip with several captions. Relative audio
-      paths are relative to the file's folder.
-    - Folder: its `metadata.jsonl` / `metadata.csv` (read as above; `file_name` is accepted as the audio column, as
-      in `datasets`' audiofolder), or else every audio file with a sidecar `.txt` of one caption per line.
-
-    Returns:
-        `list[dict]`: `{audio_column: absolute path, caption_column: list[str]}` per clip, in first-seen order.
-    """
-    import csv
-    import json
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        for name in ("metadata.jsonl", "metadata.csv"):
-            if (path / name).is_file():
-                return read_audio_captions(path / name, audio_column, caption_column)
-        clips = []
-        for audio in sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
-            sidecar = audio.with_suffix(".txt")
-            if not sidecar.is_file():
-                raise FileNotFoundError(f"{audio} has no caption file {sidecar.name} beside it.")
-            captions = [line.strip() for line in sidecar.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not captions:
-                raise ValueError(f"{sidecar} holds no caption.")
-            clips.append({audio_column: str(audio), caption_column: captions})
-        if not clips:
-            raise ValueError(
-                f"{path} has no metadata.jsonl, metadata.csv or audio files ({', '.join(AUDIO_EXTENSIONS)})."
-            )
-        return clips
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as file:
-            rows = list(csv.DictReader(file))
-    elif path.suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        raise ValueError(f"{path}: expected a folder, a .csv or a .jsonl file.")
-    grouped: dict[str, list[str]] = {}
-    for number, row in enumerate(rows, start=1):
-        audio = row.get(audio_column, row.get("file_name"))
-        caption = row.get(caption_column)
-        if not audio or caption is None:
-            raise ValueError(
-                f"{path}, row {number}: needs {audio_column!r} and {caption_column!r}, got {sorted(row)}."
-            )
-        captions = [caption] if isinstance(caption, str) else list(caption)
-        if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
-            raise ValueError(f"{path}, row {number}: {caption_column!r} must be a non-empty string or list of them.")
-        audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
-        grouped.setdefault(str(audio_path), []).extend(c.strip() for c in captions)
-    return [{audio_column: audio, caption_column: captions} for audio, captions in grouped.items()]
-
-
-def drop_first_word(caption: str, words: Sequence[str], probability: float, rng: random.Random = random) -> str:
-    """
-    The original release's stage-1 caption de-biasing: if the caption's first word (split on spaces) is one of
-    `words`, remove it with probability `probability`.
-    """
-    first, _, rest = caption.partition(" ")
-    if first in words and rng.random() < probability:
-        return rest
-    return caption
-
-
-@dataclass
-class BlapStage1Collator:
-    """
-    Turns dataset rows `{audio_column: audio, caption_column: caption or list of captions}` into a stage-1 batch:
-    `input_features`, and the Q-Former's `input_ids` / `attention_mask` for one caption per clip.
-
-    In training, a clip with several captions gets one drawn at random each time it is seen, and the first-word
-    dropping applies; [`~BlapStage1Collator.for_evaluation`] gives the deterministic copy (first caption, no
-    dropping) that `BlapStage1Trainer` uses for evaluation.
+    Stage-1 collator: the stage-2 batching ([`BlapDataCollator`]: decoded audio, one window, one caption per clip,
+    random while training and fixed in evaluation, optional caption augmentation such as the release's
+    [`FirstWordDropping`]) with the Q-Former's BERT tokenizer instead of the prompt and T5 targets.
 
     Args:
         processor ([`BlapStage1Processor`]): feature extractor and BERT tokenizer.
-        audio_column (`str`, *optional*, defaults to `"audio"`): a path, encoded bytes, a `datasets` Audio value or
-            a waveform at the feature extractor's rate (see `transformers_blap.audio.load_audio`).
-        caption_column (`str`, *optional*, defaults to `"caption"`).
-        first_word_drop (`Sequence[str]`, *optional*): first words to drop (the release's list is its own; none by
-            default).
-        first_word_drop_probability (`float`, *optional*, defaults to 0.3).
-        random_caption (`bool`, *optional*, defaults to `True`): draw among several captions (else take the first).
+        training, window_s, eval_window, caption_augmentation, audio_column, caption_column: as for
+            [`BlapDataCollator`].
+
+    Returns (when called on dataset rows): `dict` with `input_features`, and the Q-Former's `input_ids` /
+    `attention_mask` of one caption per clip.
     """
 
-    processor: BlapStage1Processor
-    audio_column: str = "audio"
-    caption_column: str = "caption"
-    first_word_drop: Sequence[str] = ()
-    first_word_drop_probability: float = 0.3
-    random_caption: bool = True
+    def __init__(
+        self,
+        processor: BlapStage1Processor,
+        training: bool = True,
+        window_s: float | None = None,
+        eval_window: str = "first",
+        caption_augmentation: Callable[[str], str] | None = None,
+        audio_column: str = "audio",
+        caption_column: str = "captions",
+    ):
+        super().__init__(
+            processor,
+            training=training,
+            window_s=window_s,
+            eval_window=eval_window,
+            caption_augmentation=caption_augmentation,
+            audio_column=audio_column,
+            caption_column=caption_column,
+        )
 
-    def for_evaluation(self) -> "BlapStage1Collator":
-        """This collator without randomness: the first caption, no first-word dropping."""
-        return dataclasses.replace(self, first_word_drop=(), random_caption=False)
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sampling_rate = self.processor.feature_extractor.sampling_rate
-        waveforms, captions = [], []
-        for index, example in enumerate(examples):
-            for column in (self.audio_column, self.caption_column):
-                if column not in example:
-                    raise KeyError(
-                        f"Example {index} has no {column!r} column (it has {sorted(example)}). With `Trainer`, set"
-                        " `remove_unused_columns=False` (BlapStage1TrainingArguments does)."
-                    )
-            audio = example[self.audio_column]
-            if isinstance(audio, list):
-                audio = np.asarray(audio, dtype=np.float32)
-            # Arrays carry no rate: they are taken to be at the feature extractor's.
-            array_rate = sampling_rate if isinstance(audio, (np.ndarray, torch.Tensor)) else None
-            waveforms.append(load_audio(audio, sampling_rate, source_sampling_rate=array_rate))
-            captions.append(self._caption(example[self.caption_column], index))
-        batch = self.processor(audio=waveforms, sampling_rate=sampling_rate, text=captions)
-        return dict(batch)
-
-    def _caption(self, value: str | Sequence[str], index: int) -> str:
-        if isinstance(value, str):
-            caption = value
-        elif isinstance(value, Sequence) and value and all(isinstance(item, str) for item in value):
-            caption = random.choice(value) if self.random_caption else value[0]
-        else:
-            raise ValueError(
-                f"Example {index}: a caption must be a string or a non-empty list of strings, got {value!r}."
-            )
-        if self.first_word_drop:
-            caption = drop_first_word(caption, self.first_word_drop, self.first_word_drop_probability)
-        return caption
+    def encode(self, batch: AudioCaptionBatch) -> dict[str, torch.Tensor]:
+        return dict(
+            self.processor(audio=batch.waveforms, sampling_rate=self.preparer.sampling_rate, text=batch.captions)
+        )
 
 
 def spec_augment(
@@ -230,6 +126,7 @@ class BlapStage1TrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the dataset's columns: the stage-1 collator needs audio and captions."}
     )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
 class _KeepLanguageModelSpecialTokens(TrainerCallback):
@@ -379,6 +276,9 @@ class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
+    def get_train_dataloader(self) -> DataLoader:
+        return train_dataloader_with_seeded_examples(self, super().get_train_dataloader)
+
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         collator = self.data_collator
         if isinstance(collator, BlapStage1Collator):
@@ -389,11 +289,4 @@ class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
             self.data_collator = collator
 
 
-__all__ = [
-    "BlapStage1Collator",
-    "BlapStage1Trainer",
-    "BlapStage1TrainingArguments",
-    "drop_first_word",
-    "read_audio_captions",
-    "spec_augment",
-]
+__all__ = ["BlapStage1Collator", "BlapStage1Trainer", "BlapStage1TrainingArguments", "spec_augment"]

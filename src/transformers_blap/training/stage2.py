@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
+from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from ..configuration_blap import BlapConfig
 from ..hub import HubErrorsInTrainer
-from ..modeling_blap import BlapForConditionalGeneration
-from .collator import BlapDataCollator, as_caption_list
+from ..modeling_blap import STAGE2_ADAPTER_MANIFEST, BlapForConditionalGeneration
+from .collator import BlapDataCollator, as_caption_list, train_dataloader_with_seeded_examples
 from .data import CAPTIONS_COLUMN
+from .launch import OVERWRITE_OUTPUT_DIR_HELP
 from .model_card import write_model_card
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ CaptionMetricsFn = Callable[[list[str], list[list[str]]], dict[str, float]]
 LORA_TARGET_MODULES = r"language_model\..*\.(SelfAttention|EncDecAttention)\.(q|v)"
 LORA_SUBFOLDER = "lora"
 STAGE2_WEIGHTS_NAME = "stage2_trainable.safetensors"
-STAGE2_ADAPTER_MANIFEST = "blap_stage2_adapter.json"
 EVAL_CAPTIONS_FILE = "eval_captions.jsonl"
 
 
@@ -166,9 +166,24 @@ def load_stage2_model(
     ]
     if missing_other:
         raise ValueError(f"{model_name_or_path} lacks stage-2 weights: {missing_other[:5]} ({len(missing_other)}).")
+    # Where the language model came from, for a LoRA folder's manifest (`save_stage2_adapter`).
+    model.language_model_source = _local_or_hub(language_model_name_or_path)
     if any(key.startswith("language_projection.") for key in info["missing_keys"]):
         logger.info("`language_projection` is not in %s: it starts from its initialisation.", model_name_or_path)
+    try:
+        GenerationConfig.from_pretrained(model_name_or_path)
+    except OSError:
+        # No generation_config.json (a stage-1 checkpoint): transformers built one from the config, without BLAP's
+        # beam search and caption lengths.
+        model.generation_config = model._default_generation_config(model.config)
     return model
+
+
+def _local_or_hub(name_or_path: str | os.PathLike | None) -> str | None:
+    """An existing local path made absolute (a manifest is read from elsewhere); a Hub id as it is."""
+    if name_or_path is None:
+        return None
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
 
 
 def configure_stage2_trainable(model: BlapForConditionalGeneration) -> list[str]:
@@ -251,11 +266,12 @@ def save_stage2_adapter(
 
     - `lora/adapter_config.json`, `lora/adapter_model.safetensors`: the LoRA adapter in PEFT's file format;
     - `stage2_trainable.safetensors`: the Q-Former, query tokens, audio LayerNorm and projection;
-    - `blap_stage2_adapter.json`: the base model and the file names;
-    - `generation_config.json`.
+    - `blap_stage2_adapter.json`: the base model (and the language model a stage-1 start took), the file names;
+    - `config.json` and `generation_config.json`.
 
-    There is deliberately no `config.json`: `from_pretrained` on this folder fails instead of silently loading the
-    base model's stage-2 weights. Load with [`load_stage2_adapter`].
+    `BlapForConditionalGeneration.from_pretrained(folder)` and `pipeline("audio-to-text", model=folder)` load the
+    base model with the adapter and stage-2 weights ([`load_stage2_lora_folder`]); [`load_stage2_adapter`] applies
+    them to a base model already loaded.
 
     Args:
         model ([`BlapForConditionalGeneration`]) with a LoRA adapter and the stage-2 trainable set.
@@ -282,9 +298,11 @@ def save_stage2_adapter(
     names = _stage2_weight_names(model)
     weights = {name: state_dict[name].detach().contiguous().cpu() for name in names}
     safetensors.torch.save_file(weights, save_directory / STAGE2_WEIGHTS_NAME, metadata={"format": "pt"})
+    model.config.save_pretrained(save_directory)
     model.generation_config.save_pretrained(save_directory)
     manifest = {
-        "base_model_name_or_path": model.peft_config["default"].base_model_name_or_path,
+        "base_model_name_or_path": _local_or_hub(model.peft_config["default"].base_model_name_or_path),
+        "language_model_name_or_path": getattr(model, "language_model_source", None),
         "lora_subfolder": LORA_SUBFOLDER,
         "stage2_weights": STAGE2_WEIGHTS_NAME,
         "stage2_parameters": names,
@@ -338,6 +356,43 @@ def load_stage2_adapter(
     else:
         model.requires_grad_(False)
     return model
+
+
+def load_stage2_lora_folder(
+    adapter_directory: str | os.PathLike, dtype: torch.dtype | None = None
+) -> BlapForConditionalGeneration:
+    """
+    A whole model from a folder written by [`save_stage2_adapter`]: the base model named in its manifest (with the
+    language model a stage-1 start took, see [`load_stage2_model`]), the LoRA adapter and the stage-2 weights, the
+    folder's generation settings; in eval mode, nothing trainable. `BlapForConditionalGeneration.from_pretrained`
+    calls this for such folders.
+
+    Args:
+        adapter_directory (`str` or `os.PathLike`): a local folder.
+        dtype (`torch.dtype`, *optional*): as for [`load_stage2_model`].
+
+    Returns:
+        [`BlapForConditionalGeneration`].
+    """
+    adapter_directory = Path(adapter_directory)
+    manifest = json.loads((adapter_directory / STAGE2_ADAPTER_MANIFEST).read_text())
+    base, language_model = manifest.get("base_model_name_or_path"), manifest.get("language_model_name_or_path")
+    for what, source in (("base model", base), ("language model", language_model)):
+        if source is not None and os.path.isabs(source) and not os.path.exists(source):
+            raise OSError(
+                f"{adapter_directory} is a LoRA adapter on the {what} {source}, which is not on this machine: load it"
+                " with transformers_blap.training.load_stage2_adapter(BlapForConditionalGeneration.from_pretrained("
+                f"BASE), {str(adapter_directory)!r})."
+            )
+    if base is None:
+        raise OSError(
+            f"{adapter_directory} does not name the base model of its LoRA adapter: load it with"
+            " transformers_blap.training.load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(BASE),"
+            f" {str(adapter_directory)!r})."
+        )
+    model = load_stage2_adapter(load_stage2_model(base, language_model, dtype=dtype), adapter_directory)
+    model.generation_config = GenerationConfig.from_pretrained(adapter_directory)
+    return model.eval()
 
 
 def warn_if_float16(model: BlapForConditionalGeneration, args: Seq2SeqTrainingArguments | None = None) -> bool:
@@ -417,6 +472,7 @@ class BlapStage2TrainingArguments(Seq2SeqTrainingArguments):
     predict_with_generate: bool = field(
         default=True, metadata={"help": "Generate captions in evaluation and score them with caption metrics."}
     )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
 class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
@@ -520,6 +576,9 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
             return make_loader()
         finally:
             self.data_collator = train_collator
+
+    def get_train_dataloader(self):
+        return train_dataloader_with_seeded_examples(self, super().get_train_dataloader)
 
     def get_eval_dataloader(self, eval_dataset: Any = None):
         return self._with_eval_collator(lambda: super(BlapStage2Trainer, self).get_eval_dataloader(eval_dataset))
@@ -697,6 +756,7 @@ __all__ = [
     "has_lora",
     "load_language_model_weights",
     "load_stage2_adapter",
+    "load_stage2_lora_folder",
     "load_stage2_model",
     "references_of",
     "save_stage2_adapter",
