@@ -36,8 +36,13 @@ from transformers_blap import (
     BlapStage1Processor,
     build_qformer_tokenizer,
 )
-from transformers_blap.training import STAGE1_FIRST_WORD_DROP_PROBABILITY, FirstWordDropping
-from transformers_blap.training.launch import (
+from transformers_blap.cli import quiet_third_party_startup
+
+# bitsandbytes (imported by peft) logs an optional-kernel warning at import on some CPUs: dropped, nothing else.
+quiet_third_party_startup()
+
+from transformers_blap.training import STAGE1_FIRST_WORD_DROP_PROBABILITY, FirstWordDropping  # noqa: E402
+from transformers_blap.training.launch import (  # noqa: E402
     CaptionDataArguments,
     check_push_settings,
     checkpoint_to_resume,
@@ -45,7 +50,11 @@ from transformers_blap.training.launch import (
     startup_errors_as_one_line,
     write_data_report,
 )
-from transformers_blap.training.stage1 import BlapStage1Collator, BlapStage1Trainer, BlapStage1TrainingArguments
+from transformers_blap.training.stage1 import (  # noqa: E402
+    BlapStage1Collator,
+    BlapStage1Trainer,
+    BlapStage1TrainingArguments,
+)
 
 PROGRAM = "train_stage1.py"
 logger = logging.getLogger("train_stage1")
@@ -147,8 +156,17 @@ def main(argv: list[str] | None = None) -> BlapStage1Trainer:
     trainer.save_state()
     if trainer.eval_dataset is not None:
         trainer.evaluate()
+    sources = (data_args.train_file, data_args.eval_file)
+    card = {
+        "finetuned_from": model_args.model,
+        "dataset": [Path(name).name if name else None for name in sources],
+        "dataset_tags": [name for name in sources if name and not Path(name).exists()],  # Hub dataset ids
+    }
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        with startup_errors_as_one_line(PROGRAM):  # a Hub failure: one line, the trained model stays saved
+            trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
     return trainer
 
 

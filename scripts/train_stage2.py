@@ -30,7 +30,12 @@ import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
 
 from transformers_blap import BlapFeatureExtractor, BlapProcessor
-from transformers_blap.training import (
+from transformers_blap.cli import quiet_third_party_startup
+
+# bitsandbytes (imported by peft) logs an optional-kernel warning at import on some CPUs: dropped, nothing else.
+quiet_third_party_startup()
+
+from transformers_blap.training import (  # noqa: E402
     LORA_TARGET_MODULES,
     STAGE2_PHRASE_DROP_PROBABILITY,
     BlapDataCollator,
@@ -40,7 +45,7 @@ from transformers_blap.training import (
     add_lora,
     load_stage2_model,
 )
-from transformers_blap.training.launch import (
+from transformers_blap.training.launch import (  # noqa: E402
     CaptionDataArguments,
     StartupError,
     check_push_settings,
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
         "tags": ["lora"] if model_args.use_lora else [],
     }
     if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
+        with startup_errors_as_one_line(PROGRAM):  # a Hub failure: one line, the trained model stays saved
+            trainer.push_to_hub(**card)
     else:
         trainer.create_model_card(**card)
     return results

@@ -141,7 +141,7 @@ def test_stage1_card_is_written_on_the_final_save(fixture_dir, tmp_path):
     tokenizer = build_qformer_tokenizer(fixture_dir / "bert-base-uncased")
     processor = BlapStage1Processor(tiny_feature_extractor(), tokenizer)
     generator = torch.Generator().manual_seed(0)
-    rows = [{"audio": (0.2 * torch.randn(16_000, generator=generator)).numpy(), "caption": "calm piano"}] * 2
+    rows = [{"audio": (0.2 * torch.randn(16_000, generator=generator)).numpy(), "captions": ["calm piano"]}] * 2
     out = tmp_path / "stage1"
     args = BlapStage1TrainingArguments(
         output_dir=str(out),
@@ -157,7 +157,7 @@ def test_stage1_card_is_written_on_the_final_save(fixture_dir, tmp_path):
         model=model,
         args=args,
         train_dataset=rows,
-        data_collator=BlapStage1Collator(processor, random_caption=False),
+        data_collator=BlapStage1Collator(processor),
         processing_class=processor,
     )
     trainer.train()

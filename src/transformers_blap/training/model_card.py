@@ -7,6 +7,7 @@ captions) come from the run; the chosen checkpoint's scores become `model-index`
 """
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ..evaluation.metrics import ALL_METRICS
 from ..evaluation.report import metric_display_name
 from ..hub import DEFAULT_LICENSE, describe_generation, eval_result, hub_id_or_none, render_model_card
+from .launch import DATA_REPORT_NAME
 
 # Keys of `Trainer.log` entries that are bookkeeping, not evaluation results.
 _EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
@@ -209,6 +211,10 @@ def training_card_sections(trainer, datasets: list[str] | None = None, kind: str
             if summary is not None:
                 rows.append([split, *summary])
     parts.append(_markdown_table(["split", "data", "clips", "captions"], rows) if rows else "Not recorded.")
+    skipped = _skipped_audio(trainer.args.output_dir)
+    if skipped:
+        counts = ", ".join(f"{split} {count}" for split, count in skipped.items())
+        parts += ["", f"Unreadable audio files left out (`--skip_bad_audio`): {counts}."]
 
     parts += ["", "## Training procedure", ""]
     train_audio = kind == "stage1" and trainer._option("train_audio_encoder")
@@ -246,6 +252,15 @@ def training_card_sections(trainer, datasets: list[str] | None = None, kind: str
             )
         )
     return "\n".join(parts) + "\n"
+
+
+def _skipped_audio(output_dir: str) -> dict[str, int]:
+    """Per split, the unreadable audio files a run left out, from the `data_report.json` its script wrote."""
+    path = Path(output_dir, DATA_REPORT_NAME)
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return {split: entry["skipped_unreadable"] for split, entry in report.items() if entry.get("skipped_unreadable")}
 
 
 def selected_evaluation(trainer) -> dict[str, Any] | None:
