@@ -15,16 +15,19 @@ the processor write all of that; [`add_remote_code`] completes a folder saved so
 `blap push` command) uploads a folder with everything it needs in one commit.
 """
 
+import importlib.metadata
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from packaging.requirements import Requirement
 from transformers import PreTrainedModel
-from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 from .configuration_blap import BlapConfig
 from .evaluation.report import BENCHMARK_TITLES, PUBLISHED_TABLE1, TABLE1_COLUMNS
@@ -147,6 +150,28 @@ def remote_code_files() -> list[Path]:
         for path in [module_file, *map(Path, get_relative_import_files(module_file))]:
             files[path.name] = path
     return [files[name] for name in sorted(files)]
+
+
+def remote_code_requirements() -> list[str]:
+    """
+    What loading with `trust_remote_code=True` needs installed: every package the code files import, as transformers'
+    remote-code loader finds them (`transformers.dynamic_module_utils.get_imports`: imports outside `try` blocks,
+    function bodies included; it refuses to load a Hub repository while one is missing), standard library left out.
+    Each carries this package's own version bounds for it.
+
+    Returns:
+        `list[str]`: pip requirements, sorted by name, e.g. `["av>=18.1.0", "numpy>=2.4.6", ...]`.
+    """
+    imported = {name for path in remote_code_files() for name in get_imports(path)} - set(sys.stdlib_module_names)
+    try:
+        declared = {Requirement(line).name: Requirement(line) for line in importlib.metadata.requires(__package__)}
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        declared = {}
+    requirements = []
+    for name in sorted(imported):
+        requirement = declared.get(name)
+        requirements.append(f"{name}{requirement.specifier}" if requirement else name)
+    return requirements
 
 
 # --------------------------------------------------------------------------------------------- folder completion
@@ -308,6 +333,7 @@ def render_model_card(
         llm_layers=text_config.num_layers,
         prompt=config.prompt,
         generation_defaults=", ".join(f"{key}={value}" for key, value in BLAP_GENERATION_DEFAULTS.items()),
+        remote_code_requirements=" ".join(f'"{requirement}"' for requirement in remote_code_requirements()),
         hub_task=HUB_PIPELINE_TASK,
         results_table=_results_table(results),
         results_sources=", ".join(
@@ -541,5 +567,6 @@ __all__ = [
     "install_hub_support",
     "push_folder",
     "remote_code_files",
+    "remote_code_requirements",
     "render_model_card",
 ]
