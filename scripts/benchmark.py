@@ -517,7 +517,11 @@ def bench_generate(dims: str, args: argparse.Namespace) -> list[dict]:
             wall[variant.name].append((time.perf_counter() - wall_start) / variant.batch_size)
             cpu[variant.name].append((cpu_seconds() - cpu_start) / variant.batch_size)
             captions[variant.name].update(enumerate(ids, start=first))
-            print(f"  [{dims}] repeat {repeat + 1} {variant.name}: {wall[variant.name][-1]:.1f} s/caption", flush=True)
+            print(
+                f"  [{dims}] repeat {repeat + 1} {variant.name}: {wall[variant.name][-1]:.1f} s/caption,"
+                f" {cpu[variant.name][-1]:.1f} CPU s/caption",
+                flush=True,
+            )
 
     baseline = variants[0].name
     original = ORIGINAL_DECODING if wall.get(ORIGINAL_DECODING) else None
