@@ -9,7 +9,9 @@ Sections (`--sections`):
   `--dims base` and/or `xl`), random weights, the release's settings (10 beams, 40 new tokens; `min_new_tokens` =
   `max_new_tokens` so every caption has the same length). The baseline is fp32, eager attention, one clip at a time
   through transformers' own `generate` on the T5 (what BLAP's `generate` did before this work); each optimisation is
-  a row of its own.
+  a row of its own. Beside it, the original implementation's decoding: the same without a KV cache
+  (`use_cache=False`: every step re-decodes the whole prefix of the 10 beams, as the authors' T5 copy does); every row
+  reports its speed-up over that one too. `--batch-sweep` adds the optimised fp32 and bf16 rows at other batch sizes.
 - `train`: a stage-2 training step (`set_stage2_trainable()`: frozen HTS-AT and T5) with activation checkpointing
   off and on.
 - `job`: `blap caption` on a folder of 10 s MP3s against the model alone on the same decoded clips, same batch
@@ -18,6 +20,9 @@ Sections (`--sections`):
   right after loading (memory-mapped weights are not resident yet) and after reading every weight once; and, at base
   dims, the naive "build the model, then `load_state_dict`" for comparison. `--quantize 8bit 4bit` adds the 3B
   checkpoint loaded through bitsandbytes (the `quantization` extra; its CPU backend without a GPU).
+- `bf16-fixture`: the share of captions on which bf16 gives float32's token ids, on the parity fixture converted
+  by the package's converter (`--fixture`, `--fixture-clips`). The JSON's environment says whether this CPU computes
+  bf16 natively and what `--dtype auto` picks on it.
 
 How it measures: the machine is shared, so absolute timings are noisy. Timed variants run interleaved in this process
 (every repeat gives each variant one `generate` call on its next batch of clips) and each keeps its fastest call; the
@@ -57,7 +62,15 @@ from safetensors.torch import load_file, save_file
 from transformers import Blip2QFormerModel, ClapAudioModel, T5Config
 from transformers import __version__ as transformers_version
 
-from transformers_blap import BlapConfig, BlapFeatureExtractor, BlapForConditionalGeneration
+from transformers_blap import (
+    BlapConfig,
+    BlapFeatureExtractor,
+    BlapForConditionalGeneration,
+    BlapProcessor,
+    has_native_bf16,
+    resolve_dtype,
+)
+from transformers_blap.audio import load_audio
 from transformers_blap.configuration_blap import FLAN_T5_XL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -295,17 +308,25 @@ class Variant:
     dtype: str = "float32"
     batch_size: int = 1
     blap_generate: bool = True  # BlapForConditionalGeneration.generate; False: transformers' T5 generate, as before
+    use_cache: bool = True  # False: every step re-decodes the whole prefix, as the original implementation does
     inference_mode: bool = False
     cache_implementation: str | None = None
     compile: bool = False
 
 
+# What users of the original implementation get: its T5 copy's `prepare_inputs_for_generation(past=...)` never
+# receives transformers' `past_key_values`, so every decoding step re-runs the decoder over the whole prefix of all
+# 10 beams (plain T5 `generate` with `use_cache=False`, eager attention, one clip at a time); its token ids equal ours.
+ORIGINAL_DECODING = "original's decoding: fp32 eager, no KV cache, 1 clip, T5 generate"
+
+
 def generation_variants(batch: int, with_compile: bool, batch_sweep: list[int] = ()) -> list[Variant]:
-    """The baseline first, then each optimisation; the row that the fp32 caption-equality claim is about is
-    `optimised fp32` (`batch` clips per call). `batch_sweep` adds that row at other batch sizes: the throughput and
-    memory trade-off of the pipeline's `batch_size`."""
+    """The baseline first, then the original implementation's decoding, then each optimisation; the row that the fp32
+    caption-equality claim is about is `optimised fp32` (`batch` clips per call). `batch_sweep` adds the optimised
+    fp32 and bf16 rows at other batch sizes: the throughput and memory trade-off of the pipeline's `batch_size`."""
     variants = [
         Variant("baseline: fp32 eager, 1 clip, T5 generate", attn_implementation="eager", blap_generate=False),
+        Variant(ORIGINAL_DECODING, attn_implementation="eager", blap_generate=False, use_cache=False),
         Variant("SDPA attention", blap_generate=False),
         Variant("SDPA + encoder & cross-attn K/V once per clip"),
         Variant(f"SDPA + batch {batch} clips x 10 beams", batch_size=batch, blap_generate=False),
@@ -316,6 +337,11 @@ def generation_variants(batch: int, with_compile: bool, batch_sweep: list[int] =
             if size != batch
         ),
         Variant("optimised + bf16", dtype="bfloat16", batch_size=batch, inference_mode=True),
+        *(
+            Variant(f"optimised + bf16, batch {size}", dtype="bfloat16", batch_size=size, inference_mode=True)
+            for size in batch_sweep
+            if size != batch
+        ),
         Variant(f"static cache, batch {batch}", batch_size=batch, cache_implementation="static", inference_mode=True),
     ]
     if with_compile:
@@ -361,6 +387,8 @@ def caption(
     """Caption all clips, `variant.batch_size` at a time. Returns `(num_clips, 1 + max_new_tokens)` token ids."""
     if variant.cache_implementation is not None:
         options["cache_implementation"] = variant.cache_implementation
+    if not variant.use_cache:
+        options["use_cache"] = False
     generate = BlapForConditionalGeneration.generate if variant.blap_generate else transformers_generate
     context = torch.inference_mode() if variant.inference_mode else torch.no_grad()
     outputs = []
@@ -492,9 +520,14 @@ def bench_generate(dims: str, args: argparse.Namespace) -> list[dict]:
             wall[variant.name].append((time.perf_counter() - wall_start) / variant.batch_size)
             cpu[variant.name].append((cpu_seconds() - cpu_start) / variant.batch_size)
             captions[variant.name].update(enumerate(ids, start=first))
-            print(f"  [{dims}] repeat {repeat + 1} {variant.name}: {wall[variant.name][-1]:.1f} s/caption", flush=True)
+            print(
+                f"  [{dims}] repeat {repeat + 1} {variant.name}: {wall[variant.name][-1]:.1f} s/caption,"
+                f" {cpu[variant.name][-1]:.1f} CPU s/caption",
+                flush=True,
+            )
 
     baseline = variants[0].name
+    original = ORIGINAL_DECODING if wall.get(ORIGINAL_DECODING) else None
     rows = []
     for variant in variants:
         if variant.name in failed:
@@ -507,6 +540,7 @@ def bench_generate(dims: str, args: argparse.Namespace) -> list[dict]:
             "captions_per_s": 1 / min(wall[variant.name]),
             "speedup": min(wall[baseline]) / min(wall[variant.name]),
             "cpu_speedup": min(cpu[baseline]) / min(cpu[variant.name]),
+            "speedup_over_original": min(wall[original]) / min(wall[variant.name]) if original else None,
             "captions_equal_baseline": all(
                 torch.equal(captions[variant.name][i], captions[baseline][i]) for i in compared
             ),
@@ -771,6 +805,48 @@ def bench_caption_job(args: argparse.Namespace) -> list[dict]:
     ]
 
 
+# ------------------------------------------------------------------------------------- (e) bf16 on the fixture
+
+
+def bench_bf16_fixture(args: argparse.Namespace) -> list[dict]:
+    """
+    How often bf16 captions equal float32's on real (random-weight) converted weights: the parity fixture's
+    original-format checkpoint converted by the package's converter, its two 10 s clips and circular shifts of them by
+    whole seconds (`--fixture-clips` in all), captioned with the converted generation config (the release's settings)
+    in float32 and in bf16, `batch_size` clips per call; the share of clips whose token ids are equal.
+    """
+    from transformers_blap.conversion.original import convert_original_checkpoint
+
+    fixture = args.fixture
+    converted = args.workdir / "fixture-converted"
+    if not (converted / "config.json").is_file():
+        convert_original_checkpoint(fixture / "blap_stage2.ckpt", fixture / "config.json", converted, overwrite=True)
+    processor = BlapProcessor.from_pretrained(converted)
+    rate = processor.feature_extractor.sampling_rate
+    sources = [load_audio(path, rate) for path in sorted((fixture / "audio").glob("*.wav"))]
+    clips = [np.roll(clip, shift * rate) for shift in range(args.fixture_clips) for clip in sources]
+    clips = clips[: args.fixture_clips]
+    ids = {}
+    for dtype in ("float32", "bfloat16"):
+        model = BlapForConditionalGeneration.from_pretrained(converted, dtype=DTYPES[dtype]).eval()
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(clips), args.clips):
+                inputs = processor(audio=clips[start : start + args.clips], sampling_rate=rate)
+                outputs.extend(model.generate(**inputs))
+        ids[dtype] = outputs
+    equal = [torch.equal(a, b) for a, b in zip(ids["float32"], ids["bfloat16"], strict=True)]
+    return [
+        {
+            "section": "bf16 vs fp32 (fixture)",
+            "variant": f"converted fixture, {len(clips)} clips, release settings, batch {args.clips}",
+            "captions_equal_fp32_share": sum(equal) / len(equal),
+            "clips_compared": len(equal),
+            "cpu_native_bf16": has_native_bf16("cpu"),
+        }
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------- reporting
 
 
@@ -783,6 +859,8 @@ def format_table(rows: list[dict]) -> str:
         "load_s": "{:.1f} s load",
         "speedup": "x{:.2f}",
         "cpu_speedup": "CPU-time x{:.2f}",
+        "speedup_over_original": "x{:.2f} over the original's decoding",
+        "captions_equal_fp32_share": "bf16 = fp32 on {:.0%} of the captions",
         "captions_equal_baseline": "equal={}",
         "peak_rss_load_gib": "peak RSS after load {:.2f} GiB",
         "peak_rss_gib": "peak RSS {:.2f} GiB",
@@ -852,7 +930,9 @@ def format_markdown(rows: list[dict]) -> str:
         "step_s": ("s/step", "{:.2f}"),
         "load_s": ("load s", "{:.1f}"),
         "speedup": ("speed-up", "x{:.2f}"),
+        "speedup_over_original": ("speed-up over the original's decoding", "x{:.2f}"),
         "captions_equal_baseline": ("captions = baseline", "{}"),
+        "captions_equal_fp32_share": ("captions = fp32", "{:.0%}"),
         "peak_rss_load_gib": ("peak RSS after load GiB", "{:.2f}"),
         "peak_rss_gib": ("peak RSS GiB", "{:.2f}"),
         "weights_gib": ("weights GiB", "{:.2f}"),
@@ -884,6 +964,8 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": has_native_bf16("cpu"),
+        "dtype_auto_on_cpu": str(resolve_dtype("auto", "cpu")),
         "command": " ".join(["python", *sys.argv]),
         "load_average": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -899,7 +981,12 @@ def child_main(task: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=["features", "generate", "train", "load", "job"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["features", "generate", "train", "load", "job"],
+        choices=["features", "generate", "train", "load", "job", "bf16-fixture"],
+    )
     parser.add_argument("--job-clips", type=int, default=16, help="MP3 files of the job row (10 s each)")
     parser.add_argument("--job-batch", type=int, default=4, help="windows per generate call in the job row")
     parser.add_argument("--dims", nargs="+", default=["base"], choices=list(TEXT_DIMS), help="T5 dims to caption at")
@@ -927,6 +1014,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(QUANTIZATION),
         help="load rows: the 3B checkpoint quantized by bitsandbytes (the `quantization` extra)",
     )
+    parser.add_argument(
+        "--fixture",
+        type=Path,
+        default=Path(os.environ.get("BLAP_FIXTURE_DIR", REPO_ROOT.parent / "shared/fixtures/original-blap-tiny")),
+        help="the original-format parity fixture (section bf16-fixture)",
+    )
+    parser.add_argument("--fixture-clips", type=int, default=16, help="clips captioned in section bf16-fixture")
     parser.add_argument("--train-dims", default="base", choices=list(TEXT_DIMS))
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=2)
@@ -965,6 +1059,7 @@ def main(argv: list[str] | None = None) -> None:
         "train": lambda: bench_train(args),
         "load": lambda: bench_load(args),
         "job": lambda: bench_caption_job(args),
+        "bf16-fixture": lambda: bench_bf16_fixture(args),
     }
     for section in args.sections:
         print(f"== {section}", flush=True)

@@ -1,3 +1,4 @@
+import ast
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import pytest
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.cli import main
@@ -26,6 +28,7 @@ from transformers_blap.hub import (
     add_remote_code,
     push_folder,
     remote_code_files,
+    remote_code_requirements,
     render_folder_card,
     render_model_card,
 )
@@ -437,6 +440,114 @@ def test_loads_with_trust_remote_code_where_the_package_is_not_importable(
         expected = pipeline("audio-to-text", model=str(folder), device="cpu")(audio, sampling_rate=RATE)
         assert report["result"] == expected
         assert len(expected[0]["windows"]) == 3
+
+
+HIDDEN_PACKAGES_INTERPRETER = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    HIDDEN = {"transformers_blap", "soundfile", "_soundfile", "soxr"}
+
+    class Hide(importlib.abc.MetaPathFinder):
+        # Every import system finder, blind to the hidden packages: to transformers' availability checks
+        # (importlib.util.find_spec) and to imports they are simply not installed.
+        def __init__(self, finder):
+            self.finder = finder
+
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in HIDDEN:
+                return None
+            return self.finder.find_spec(name, path, target)
+
+        def __getattr__(self, name):  # find_distributions, invalidate_caches, ...
+            return getattr(self.finder, name)
+
+    sys.meta_path[:] = [Hide(finder) for finder in sys.meta_path]
+    for name in HIDDEN:
+        try:
+            __import__(name)
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise SystemExit(f"{name} is importable")
+
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
+
+    folder, outcomes = sys.argv[1], {}
+    for kind, load in (
+        ("model", lambda: AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True)),
+        ("processor", lambda: AutoProcessor.from_pretrained(folder, trust_remote_code=True)),
+        ("pipeline", lambda: pipeline(model=folder, trust_remote_code=True, device="cpu")),
+    ):
+        try:
+            outcomes[kind] = type(load()).__name__
+        except Exception as error:
+            outcomes[kind] = f"{type(error).__name__}: {error}"
+    print(json.dumps(outcomes))
+    """
+)
+
+
+def test_remote_code_names_its_missing_packages(model_dir, tmp_path):
+    # The folder's card (and push_to_hub's) lists what the remote code imports, with this package's bounds.
+    requirements = remote_code_requirements()
+    assert [requirement.split("<")[0].split(">")[0] for requirement in requirements] == [
+        "av",
+        "numpy",
+        "soundfile",
+        "soxr",
+        "torch",
+        "transformers",
+    ]
+    assert any(requirement.startswith("transformers") and "<5.24" in requirement for requirement in requirements)
+    card = str(render_model_card(tiny_config(), repo_id="someone/blap"))
+    assert "pip install " + " ".join(f'"{requirement}"' for requirement in requirements) in card
+
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HUB_CACHE", "HF_HOME")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    completed = subprocess.run(
+        [sys.executable, "-c", HIDDEN_PACKAGES_INTERPRETER, str(model_dir)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    outcomes = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outcomes["model"] == "BlapForConditionalGeneration"  # the model's own code needs neither
+    missing = (
+        "ImportError: This modeling file requires the following packages that were not found in your environment:"
+        " soundfile, soxr. Run `pip install soundfile soxr`"
+    )
+    assert outcomes["processor"] == missing
+    assert outcomes["pipeline"] == missing
+
+
+def test_every_entry_module_names_what_its_siblings_import_at_load_time(model_dir):
+    # transformers checks only the imports of the module an auto_map / custom_pipelines entry names (for a local
+    # folder); the packages its flat siblings import when they load must be named there too.
+    config = json.loads((model_dir / "config.json").read_text())
+    processor = json.loads((model_dir / "processor_config.json").read_text())
+    references = [
+        *config["auto_map"].values(),
+        *(entry["impl"] for entry in config["custom_pipelines"].values()),
+        *processor["auto_map"].values(),
+        *processor["feature_extractor"]["auto_map"].values(),
+    ]
+    entry_files = {model_dir / f"{reference.rsplit('.', 1)[0]}.py" for reference in references}
+    assert {path.name for path in entry_files} == CODE_FILES - {"audio.py"}
+    for entry in entry_files:
+        needed = set()
+        for sibling in get_relative_import_files(entry):
+            tree = ast.parse(Path(sibling).read_text())
+            for node in tree.body:  # module level only: imports inside functions run when called
+                if isinstance(node, ast.Import):
+                    needed.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    needed.add(node.module.split(".")[0])
+        unnamed = needed - set(sys.stdlib_module_names) - set(get_imports(entry))
+        assert not unnamed, f"{entry.name} must import {sorted(unnamed)} for its siblings"
 
 
 # ------------------------------------------------------------------------------------------- start-up noise

@@ -21,6 +21,7 @@ from .modeling_blap import (
     BlapRepresentationLearningOutput,
 )
 from .pipeline_audio_to_text import AudioToTextPipeline
+from .precision import has_native_bf16, resolve_dtype
 from .processing_blap import BlapProcessor, BlapStage1Processor, build_qformer_tokenizer
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "BlapRepresentationLearningOutput",
     "BlapStage1Processor",
     "build_qformer_tokenizer",
+    "has_native_bf16",
+    "resolve_dtype",
 ]
 
 # Make "blap" a model type that the Auto* classes resolve once this package is imported.

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command
+from .precision import DTYPE_CHOICES, resolve_dtype
 
 
 def _positive_int(text: str) -> int:
@@ -58,7 +59,11 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
         "--device", help="cpu, cuda, cuda:1, ... (default: this process's GPU (LOCAL_RANK) if there is one, else CPU)"
     )
     parser.add_argument(
-        "--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto", help="model weights' dtype"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="checkpoint",
+        help="model weights' dtype: auto = bfloat16 where the device computes it natively (AVX-512 BF16 / AMX CPUs,"
+        " Ampere+ GPUs), else float32; checkpoint (default) = as saved",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -84,12 +89,13 @@ def run_caption(args: argparse.Namespace) -> int:
     if not inputs:
         print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
+    device = args.device or _default_device()
     try:
         pipe = pipeline(
             "audio-to-text",
             model=args.model,
-            device=args.device or _default_device(),
-            dtype=args.dtype,
+            device=device,
+            dtype=resolve_dtype(args.dtype, device),
             trust_remote_code=args.trust_remote_code,
         )
     except (KeyboardInterrupt, ImportError):

@@ -6,6 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+# `.audio` needs soundfile and soxr; transformers' remote-code loader checks the imports of this file only, so they
+# are named here too: a missing one is then its "requires the following packages" error (see hub.py).
+import soundfile  # noqa: F401
+import soxr  # noqa: F401
 import torch
 from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor

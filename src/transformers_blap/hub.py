@@ -15,8 +15,10 @@ the processor write all of that; [`add_remote_code`] completes a folder saved so
 `blap push` command) uploads a folder with everything it needs in one commit.
 """
 
+import importlib.metadata
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,8 +27,9 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import HfHubHTTPError
+from packaging.requirements import Requirement
 from transformers import GenerationConfig, PreTrainedModel
-from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 from .configuration_blap import BlapConfig
 from .evaluation.report import (
@@ -204,6 +207,28 @@ def remote_code_files() -> list[Path]:
         for path in [module_file, *map(Path, get_relative_import_files(module_file))]:
             files[path.name] = path
     return [files[name] for name in sorted(files)]
+
+
+def remote_code_requirements() -> list[str]:
+    """
+    What loading with `trust_remote_code=True` needs installed: every package the code files import, as transformers'
+    remote-code loader finds them (`transformers.dynamic_module_utils.get_imports`: imports outside `try` blocks,
+    function bodies included; it refuses to load a Hub repository while one is missing), standard library left out.
+    Each carries this package's own version bounds for it.
+
+    Returns:
+        `list[str]`: pip requirements, sorted by name, e.g. `["av>=18.1.0", "numpy>=2.4.6", ...]`.
+    """
+    imported = {name for path in remote_code_files() for name in get_imports(path)} - set(sys.stdlib_module_names)
+    try:
+        declared = {Requirement(line).name: Requirement(line) for line in importlib.metadata.requires(__package__)}
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        declared = {}
+    requirements = []
+    for name in sorted(imported):
+        requirement = declared.get(name)
+        requirements.append(f"{name}{requirement.specifier}" if requirement else name)
+    return requirements
 
 
 # --------------------------------------------------------------------------------------------- folder completion
@@ -448,6 +473,7 @@ def render_model_card(
         prompt=prompt if prompt is not None else config.prompt,
         generation_defaults=describe_generation(generation_config),
         lora_base=lora_base or "BASE_MODEL",
+        remote_code_requirements=" ".join(f'"{requirement}"' for requirement in remote_code_requirements()),
         hub_task=HUB_PIPELINE_TASK,
         evaluation=evaluation_section(results),
         paper_title=PAPER_TITLE,
@@ -826,6 +852,7 @@ __all__ = [
     "merge_card_options",
     "push_folder",
     "remote_code_files",
+    "remote_code_requirements",
     "render_folder_card",
     "render_model_card",
 ]

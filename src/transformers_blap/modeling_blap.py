@@ -902,6 +902,10 @@ def _all_reduce_sum(value: torch.Tensor, world_size: int) -> torch.Tensor:
     return value
 
 
+# `from_pretrained` arguments that say where a checkpoint's files are (for reading its config.json first).
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
 class BlapForRepresentationLearning(BlapPreTrainedModel):
     r"""
     BLAP stage 1: learns audio-text representations in the Q-Former with three losses (DESIGN.md, BLIP-2):
@@ -1018,6 +1022,31 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         for name in getattr(self, "_frozen_eval_modules", ()):
             getattr(self, name).eval()
         return self
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs
+    ) -> "BlapForRepresentationLearning":
+        """
+        `PreTrainedModel.from_pretrained` (also what `AutoModel.from_pretrained` runs for a "blap" checkpoint), which
+        refuses a captioning (stage-2) checkpoint: it has none of stage 1's own weights (text embeddings, projections,
+        matching head), which would all be initialised at random. Those load with `AutoModelForSpeechSeq2Seq`.
+
+        Raises:
+            ValueError: the checkpoint's `config.json` names `BlapForConditionalGeneration` as its architecture.
+        """
+        config = kwargs.get("config")
+        if not isinstance(config, BlapConfig):
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config = BlapConfig.from_pretrained(config or pretrained_model_name_or_path, **hub_kwargs)
+        architectures = config.architectures or []
+        if BlapForConditionalGeneration.__name__ in architectures and cls.__name__ not in architectures:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a captioning (stage-2) model, BlapForConditionalGeneration:"
+                ' load it with AutoModelForSpeechSeq2Seq.from_pretrained (or pipeline("audio-to-text")). AutoModel'
+                f" gives {cls.__name__}, the stage-1 embedding model, whose weights this checkpoint does not have."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     # ------------------------------------------------------------------ building from pretrained parts
 

@@ -4,6 +4,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+# `.audio` needs soundfile and soxr; transformers' remote-code loader checks the imports of this file only, so they
+# are named here too: a missing one is then its "requires the following packages" error (see hub.py).
+import soundfile  # noqa: F401
+import soxr  # noqa: F401
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
@@ -16,9 +21,9 @@ from .audio import (
     window_bounds,
 )
 
-# This module ships as Hub remote code beside the model's: it imports only `transformers`, numpy, torch and its
-# flat sibling `audio`, and never checks classes with `isinstance` (each remote file is its own module, so the model,
-# processor and feature extractor classes here may come from other copies of the code).
+# This module ships as Hub remote code beside the model's: it imports only `transformers`, numpy, torch, soundfile,
+# soxr and its flat sibling `audio`, and never checks classes with `isinstance` (each remote file is its own module,
+# so the model, processor and feature extractor classes here may come from other copies of the code).
 
 
 class AudioToTextPipeline(ChunkPipeline):
