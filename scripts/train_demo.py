@@ -4,7 +4,8 @@ evaluation on held-out clips.
 
     python scripts/train_demo.py --output-dir runs/demo-ci --variant ci      # the CI variant (a few minutes)
     python scripts/train_demo.py --output-dir runs/demo                      # the longer variant
-    python scripts/train_demo.py --output-dir runs/demo --export demo/blap-synthetic   # and rebuild the demo model
+    python scripts/train_demo.py --output-dir runs/demo --export demo/blap-synthetic \
+        --export-stage1 demo/blap-synthetic-stage1                                 # and rebuild the demo models
 
 Steps, all through the package's real code paths:
 
@@ -22,7 +23,9 @@ Steps, all through the package's real code paths:
    (1 / #classes) and against always guessing the held-out set's most frequent class.
 
 `--results-json` writes the numbers; `--export` copies the stage-2 model and its processor into a folder: the small
-demo checkpoint (`demo/blap-synthetic`) that the README's main command captions with, offline.
+demo checkpoint (`demo/blap-synthetic`) that the README's main command captions with, offline. `--export-stage1` does
+the same for the stage-1 model the stage-2 one was trained from (`demo/blap-synthetic-stage1`: the embeddings behind
+`blap index` / `blap search`).
 """
 
 import argparse
@@ -479,6 +482,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--results-json", type=Path, default=None, help="Write the results here as JSON.")
     parser.add_argument("--export", type=Path, default=None, help="Copy the stage-2 model + processor here.")
+    parser.add_argument(
+        "--export-stage1", type=Path, default=None, help="Copy the stage-1 model + its processor here."
+    )
     args = parser.parse_args(argv)
     variant = VARIANTS[args.variant]
     for assignment in args.set:
@@ -529,17 +535,25 @@ def main(argv: list[str] | None = None) -> dict:
         args.results_json.write_text(json.dumps(results, indent=2))
     if args.export is not None:
         export_demo(out / "stage2", args.export, results)
+    if args.export_stage1 is not None:
+        export_demo(out / "stage1", args.export_stage1, results, stage=1)
     return results
 
 
-def export_demo(stage2_dir: Path, export_dir: Path, results: dict) -> None:
+def export_demo(model_dir: Path, export_dir: Path, results: dict, stage: int = 2) -> None:
     """
-    The stage-2 model, its generation settings and its processor in `export_dir`, without training state and without
-    the Hub remote-code copies of the package's modules (in this repository the package supplies the code; copies
-    would go stale); and a model card (`README.md`) with how it was trained and its held-out results.
+    The stage-2 (or, with `stage=1`, stage-1) model, its generation settings and its processor in `export_dir`,
+    without training state and without the Hub remote-code copies of the package's modules (in this repository the
+    package supplies the code; copies would go stale); and a model card (`README.md`) with how it was trained and its
+    held-out results.
     """
-    model = BlapForConditionalGeneration.from_pretrained(stage2_dir)
-    processor = BlapProcessor.from_pretrained(stage2_dir)
+    model_class, processor_class = (
+        (BlapForConditionalGeneration, BlapProcessor)
+        if stage == 2
+        else (BlapForRepresentationLearning, BlapStage1Processor)
+    )
+    model = model_class.from_pretrained(model_dir)
+    processor = processor_class.from_pretrained(model_dir)
     if export_dir.exists():
         shutil.rmtree(export_dir)
     model.save_pretrained(export_dir)
@@ -553,15 +567,49 @@ def export_demo(stage2_dir: Path, export_dir: Path, results: dict) -> None:
             entries.pop("auto_map", None)
             entries.pop("custom_pipelines", None)
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (export_dir / "README.md").write_text(demo_model_card(results), encoding="utf-8")
+    card = demo_model_card(results) if stage == 2 else stage1_demo_model_card(results)
+    (export_dir / "README.md").write_text(card, encoding="utf-8")
     print(f"Demo checkpoint written to {export_dir}.")
+
+
+def _demo_command(results: dict) -> str:
+    command = f"python scripts/train_demo.py --output-dir runs/demo --variant {results['variant']}"
+    if results["seed"] != 0:
+        command += f" --seed {results['seed']}"
+    return command + " --export demo/blap-synthetic --export-stage1 demo/blap-synthetic-stage1"
+
+
+def stage1_demo_model_card(results: dict) -> str:
+    """The stage-1 demo checkpoint's model card: what it is, the command that trained it, its retrieval results."""
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers_blap",
+            "pipeline_tag: zero-shot-audio-classification",
+            "tags: [blap, music-retrieval, synthetic-data]",
+            "---",
+            "",
+            "# BLAP demo, stage 1: a small audio-text embedding model trained on synthetic music",
+            "",
+            "The stage-1 model (`BlapForRepresentationLearning`: HTS-AT, Q-Former, audio and text projections) of"
+            " the demo at toy width, trained with the audio-text contrastive, matching and generation losses on the"
+            " synthetic corpus of `transformers_blap.synthetic`. It embeds such clips and their descriptions into one"
+            " space: text-to-music search (`blap index` / `blap search`) and zero-shot tagging over the synthetic"
+            " clips, offline. It knows nothing of real music. The held-out results below include those of the"
+            " stage-2 model trained from it in the same run.",
+            "",
+            f"Trained with `{_demo_command(results)}`.",
+            "",
+            "## Held-out results",
+            "",
+            format_table(results),
+            "",
+        ]
+    )
 
 
 def demo_model_card(results: dict) -> str:
     """The demo checkpoint's model card: what it is, the command that trained it, its held-out results."""
-    command = f"python scripts/train_demo.py --output-dir runs/demo --variant {results['variant']}"
-    if results["seed"] != 0:
-        command += f" --seed {results['seed']}"
     return "\n".join(
         [
             "---",
@@ -578,7 +626,7 @@ def demo_model_card(results: dict) -> str:
             " key/mode and rhythm). It captions such clips; it knows nothing of real music. It is the offline demo"
             " model of the repository's README; convert the authors' release for real captions.",
             "",
-            f"Trained with `{command} --export demo/blap-synthetic`.",
+            f"Trained with `{_demo_command(results)}`.",
             "",
             "## Held-out results",
             "",
