@@ -54,9 +54,10 @@ def test_export_writes_a_dataset_that_load_dataset_reads(journal, tmp_path, caps
     argv = ["export", str(journal), "--to", str(folder), "--model", "demo/blap-synthetic", "--revision", "v1"]
     argv += ["--generation", "num_beams=3", "--generation", "prompt=Describe it", "--caption-command", command]
     assert main(argv) == 0
-    assert "2 tracks in 1 Parquet shard(s)" in capsys.readouterr().out and "1 failed input(s) left out"
+    printed = capsys.readouterr().out
+    assert "2 tracks in 1 Parquet shard(s)" in printed and "1 failed input(s) left out" in printed
 
-    dataset = datasets.load_dataset(str(folder), split="train")
+    dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
     assert isinstance(dataset.features["audio"], datasets.Audio)
     assert dataset.column_names == ["audio", "path", "caption", "windows", "duration", "tags", "warnings"]
     rows = list(dataset.cast_column("audio", datasets.Audio(decode=False)))
@@ -90,7 +91,11 @@ def test_export_embeds_audio_in_several_shards(journal, tmp_path):
         "train-00000-of-00002.parquet",
         "train-00001-of-00002.parquet",
     ]
-    rows = list(datasets.load_dataset(str(folder), split="train").cast_column("audio", datasets.Audio(decode=False)))
+    rows = list(
+        datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache")).cast_column(
+            "audio", datasets.Audio(decode=False)
+        )
+    )
     for row, name in zip(rows, ("a.wav", "b.wav")):
         assert row["audio"]["path"] == name and row["audio"]["bytes"] == (tmp_path / name).read_bytes()
         samples, rate = sf.read(io.BytesIO(row["audio"]["bytes"]))
