@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--nprobe", type=int, nargs="*", default=[4, 8, 16, 32, 64], help="nprobe sweep")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="faiss threads (default 1: OpenMP threads spin on a shared machine)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    faiss.omp_set_num_threads(args.threads)
 
     vectors, queries = random_vectors(
         args.num_vectors, args.queries, args.dim, args.distribution, args.clusters, args.spread, args.seed

@@ -52,14 +52,14 @@ from .processing_blap import BlapStage1Processor
 
 EXACT_SEARCH_MAX_ROWS = 200_000
 """Indexes of at most this many vectors (windows x query tokens) are searched exactly."""
-IVF_NPROBE = 32
+IVF_NPROBE = 16
 """Inverted lists probed per query in an approximate index."""
 INDEX_FORMAT_VERSION = 1
 
 
 def ivf_list_count(num_rows: int) -> int:
-    """Inverted lists of an approximate index of `num_rows` vectors: about 4 sqrt(N), at least 39 vectors each."""
-    return max(1, min(int(4 * math.sqrt(num_rows)), num_rows // 39))
+    """Inverted lists of an approximate index of `num_rows` vectors: about 2 sqrt(N), at least 39 vectors each."""
+    return max(1, min(int(2 * math.sqrt(num_rows)), num_rows // 39))
 
 
 def build_faiss_index(vectors: np.ndarray, approximate: bool | None = None, seed: int = 0) -> "faiss.Index":
