@@ -4,7 +4,8 @@ evaluation on held-out clips.
 
     python scripts/train_demo.py --output-dir runs/demo-ci --variant ci      # the CI variant (a few minutes)
     python scripts/train_demo.py --output-dir runs/demo                      # the longer variant
-    python scripts/train_demo.py --output-dir runs/demo --export demo/blap-synthetic   # and rebuild the demo model
+    python scripts/train_demo.py --output-dir runs/demo --export demo/blap-synthetic \
+        --export-stage1 demo/blap-synthetic-stage1                                 # and rebuild the demo models
 
 Steps, all through the package's real code paths:
 
@@ -22,7 +23,9 @@ Steps, all through the package's real code paths:
    (1 / #classes) and against always guessing the held-out set's most frequent class.
 
 `--results-json` writes the numbers; `--export` copies the stage-2 model and its processor into a folder: the small
-demo checkpoint (`demo/blap-synthetic`) that the README's main command captions with, offline.
+demo checkpoint (`demo/blap-synthetic`) that the README's main command captions with, offline. `--export-stage1` does
+the same for the stage-1 model the stage-2 one was trained from (`demo/blap-synthetic-stage1`: the embeddings behind
+`blap index` / `blap search`).
 """
 
 import argparse
@@ -241,8 +244,9 @@ def build_parts(parts_dir: Path, captions: list[str], variant: Variant, seed: in
     t5_tokenizer = train_t5_tokenizer(captions + [PROMPT], vocab_size=128)
     language_model = T5ForConditionalGeneration(T5Config(vocab_size=len(t5_tokenizer), **LANGUAGE_MODEL))
     untie_lm_head(language_model)  # like Flan-T5: transformers 5.x T5Config would tie it
-    loss = pretrain_language_model(language_model, t5_tokenizer, captions, variant.lm_steps, 32, seed)
-    print(f"Language model pretrained on caption text: loss {loss:.3f} after {variant.lm_steps} steps.")
+    if variant.lm_steps > 0:  # stage 1 reads only the language model's config
+        loss = pretrain_language_model(language_model, t5_tokenizer, captions, variant.lm_steps, 32, seed)
+        print(f"Language model pretrained on caption text: loss {loss:.3f} after {variant.lm_steps} steps.")
     language_model.save_pretrained(paths["language_model"])
     t5_tokenizer.save_pretrained(paths["language_model"])
 
@@ -426,7 +430,7 @@ def format_table(results: dict) -> str:
             name, f"stage 1: text-to-audio retrieval {name.replace('recall', 'R')}"
         )
         lines.append(f"| {label} | {retrieval[name]:.3f} | {retrieval[name + '_chance']:.3f} | |")
-    for attribute, scores in results["captions"].items():
+    for attribute, scores in results.get("captions", {}).items():
         lines.append(
             f"| stage 2: caption names the right {attribute} | {scores['accuracy']:.3f} | {scores['chance']:.3f}"
             f" | {scores['majority']:.3f} |"
@@ -480,8 +484,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--results-json", type=Path, default=None, help="Write the results here as JSON.")
     parser.add_argument("--export", type=Path, default=None, help="Copy the stage-2 model + processor here.")
+    parser.add_argument(
+        "--export-stage1", type=Path, default=None, help="Copy the stage-1 model + its processor here."
+    )
+    parser.add_argument(
+        "--stage1-only",
+        action="store_true",
+        help="Train and evaluate stage 1 only (no language-model pretraining, no stage 2).",
+    )
     args = parser.parse_args(argv)
+    if args.stage1_only and args.export is not None:
+        parser.error("--export needs the stage-2 model: drop --stage1-only or use --export-stage1.")
     variant = VARIANTS[args.variant]
+    if args.stage1_only:
+        variant = replace(variant, lm_steps=0, stage2_steps=0)
     for assignment in args.set:
         name, _, value = assignment.partition("=")
         if name not in Variant.__dataclass_fields__:
@@ -505,42 +521,55 @@ def main(argv: list[str] | None = None) -> dict:
     train_captions = [caption for row in train_rows for caption in row["caption"]]
     parts = timer("parts", build_parts, out / "parts", train_captions, variant, args.seed)
     timer("stage 1", train_stage1, out / "stage1", train_dir, parts, variant, args.seed)
-    timer("stage 2", train_stage2, out / "stage2", out / "stage1", train_dir, parts, variant, args.seed)
+    if not args.stage1_only:
+        timer("stage 2", train_stage2, out / "stage2", out / "stage1", train_dir, parts, variant, args.seed)
     retrieval = timer("retrieval eval", evaluate_retrieval, out / "stage1", test_rows)
-    captions = timer("caption eval", generate_captions, out / "stage2", test_rows)
 
     results = {
         "variant": args.variant,
+        "stage1_only": args.stage1_only,
         "config": asdict(variant),
         "seed": args.seed,
         "train_clips": len(train_rows),
         "test_clips": len(test_rows),
         "retrieval": retrieval,
-        "captions": caption_accuracy(captions, test_rows),
-        "examples": [{"caption": c, "reference": r["caption"][0]} for c, r in zip(captions[:5], test_rows[:5])],
         "seconds": timer.seconds,
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     }
+    if not args.stage1_only:
+        captions = timer("caption eval", generate_captions, out / "stage2", test_rows)
+        results["captions"] = caption_accuracy(captions, test_rows)
+        results["examples"] = [
+            {"caption": c, "reference": r["caption"][0]} for c, r in zip(captions[:5], test_rows[:5])
+        ]
     print(format_table(results))
-    for example in results["examples"]:
+    for example in results.get("examples", []):
         print(f"  generated: {example['caption']}\n  reference: {example['reference']}")
     if args.results_json is not None:
         args.results_json.parent.mkdir(parents=True, exist_ok=True)
         args.results_json.write_text(json.dumps(results, indent=2))
     if args.export is not None:
         export_demo(out / "stage2", args.export, results)
+    if args.export_stage1 is not None:
+        export_demo(out / "stage1", args.export_stage1, results, stage=1)
     return results
 
 
-def export_demo(stage2_dir: Path, export_dir: Path, results: dict) -> None:
+def export_demo(model_dir: Path, export_dir: Path, results: dict, stage: int = 2) -> None:
     """
-    The stage-2 model, its generation settings and its processor in `export_dir`, without training state and without
-    the Hub remote-code copies of the package's modules (in this repository the package supplies the code; copies
-    would go stale); and a model card (`README.md`) with how it was trained and its held-out results.
+    The stage-2 (or, with `stage=1`, stage-1) model, its generation settings and its processor in `export_dir`,
+    without training state and without the Hub remote-code copies of the package's modules (in this repository the
+    package supplies the code; copies would go stale); and a model card (`README.md`) with how it was trained and its
+    held-out results.
     """
-    model = BlapForConditionalGeneration.from_pretrained(stage2_dir)
-    processor = BlapProcessor.from_pretrained(stage2_dir)
+    model_class, processor_class = (
+        (BlapForConditionalGeneration, BlapProcessor)
+        if stage == 2
+        else (BlapForRepresentationLearning, BlapStage1Processor)
+    )
+    model = model_class.from_pretrained(model_dir)
+    processor = processor_class.from_pretrained(model_dir)
     if export_dir.exists():
         shutil.rmtree(export_dir)
     model.save_pretrained(export_dir)
@@ -554,15 +583,50 @@ def export_demo(stage2_dir: Path, export_dir: Path, results: dict) -> None:
             entries.pop("auto_map", None)
             entries.pop("custom_pipelines", None)
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (export_dir / "README.md").write_text(demo_model_card(results), encoding="utf-8")
+    card = demo_model_card(results) if stage == 2 else stage1_demo_model_card(results)
+    (export_dir / "README.md").write_text(card, encoding="utf-8")
     print(f"Demo checkpoint written to {export_dir}.")
+
+
+def _demo_command(results: dict) -> str:
+    command = f"python scripts/train_demo.py --output-dir runs/demo --variant {results['variant']}"
+    if results["seed"] != 0:
+        command += f" --seed {results['seed']}"
+    if results.get("stage1_only"):
+        return command + " --stage1-only --export-stage1 demo/blap-synthetic-stage1"
+    return command + " --export demo/blap-synthetic --export-stage1 demo/blap-synthetic-stage1"
+
+
+def stage1_demo_model_card(results: dict) -> str:
+    """The stage-1 demo checkpoint's model card: what it is, the command that trained it, its retrieval results."""
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers_blap",
+            "pipeline_tag: zero-shot-audio-classification",
+            "tags: [blap, music-retrieval, synthetic-data]",
+            "---",
+            "",
+            "# BLAP demo, stage 1: a small audio-text embedding model trained on synthetic music",
+            "",
+            "The stage-1 model (`BlapForRepresentationLearning`: HTS-AT, Q-Former, audio and text projections) of"
+            " the demo at toy width, trained with the audio-text contrastive, matching and generation losses on the"
+            " synthetic corpus of `transformers_blap.synthetic`. It embeds such clips and their descriptions into one"
+            " space: text-to-music search (`blap index` / `blap search`) and zero-shot tagging over the synthetic"
+            " clips, offline. It knows nothing of real music.",
+            "",
+            f"Trained with `{_demo_command(results)}`.",
+            "",
+            "## Held-out results",
+            "",
+            format_table(results),
+            "",
+        ]
+    )
 
 
 def demo_model_card(results: dict) -> str:
     """The demo checkpoint's model card: what it is, the command that trained it, its held-out results."""
-    command = f"python scripts/train_demo.py --output-dir runs/demo --variant {results['variant']}"
-    if results["seed"] != 0:
-        command += f" --seed {results['seed']}"
     return "\n".join(
         [
             "---",
@@ -579,7 +643,7 @@ def demo_model_card(results: dict) -> str:
             " key/mode and rhythm). It captions such clips; it knows nothing of real music. It is the offline demo"
             " model of the repository's README; convert the authors' release for real captions.",
             "",
-            f"Trained with `{command} --export demo/blap-synthetic`.",
+            f"Trained with `{_demo_command(results)}`.",
             "",
             "## Held-out results",
             "",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command
+from .library_commands import add_export_command, add_index_command, add_search_command
 from .precision import DTYPE_CHOICES, resolve_dtype
 
 
@@ -278,6 +279,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_convert_laion_clap_command,
     add_evaluate_command,
     add_setup_metrics_command,
+    add_export_command,
+    add_index_command,
+    add_search_command,
 ]
 
 
