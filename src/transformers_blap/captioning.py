@@ -362,8 +362,9 @@ _ALL_DONE = object()  # every track is decoded
 class _Prefetcher:
     """
     Decodes, resamples and windows the tracks (`pipe.preprocess`) in a background thread, a bounded queue ahead of
-    the model. Yields `(track, window item)`, `(track, exception)` for a track that failed to decode, and
-    `(track, _TRACK_DONE)` after a track's last window; a track marked failed is not decoded further.
+    the model; a lazy `tracks` (rows of a streamed dataset) is read in that thread too. Yields `(track, window
+    item)`, `(track, exception)` for a track that failed to decode, and `(track, _TRACK_DONE)` after a track's last
+    window; a track marked failed is not decoded further.
     """
 
     def __init__(self, pipe: AudioToTextPipeline, tracks: Iterable[_Track], preprocess_params: dict, depth: int):
@@ -753,7 +754,7 @@ def caption_dataset(
 ) -> CaptionSummary:
     """
     Caption the audio column of a `datasets` dataset into a JSON Lines file, with the same guarantees as files
-    (resume, one error line per failed row, signals: see the module docstring).
+    (resume, one error line per failed row, signals: see the module docstring), in one process.
 
     A row's identity is the value of `id_column`, or its index in the split when `id_column` is `None`; its record
     opens with `"id"` and the audio's `path` in the dataset (`null` for audio held as bytes without a name). A rerun
@@ -811,7 +812,8 @@ def caption_dataset(
                 raise ValueError(f"the id column {id_column!r} is not unique: {track.key!r} appears more than once.")
             seen.add(track.key)
             if track.key in done:
-                summary.skipped += total is None  # counted up front for a `Dataset`
+                if total is None:  # a `Dataset`'s were counted up front
+                    summary.skipped += 1
                 continue
             yield track
 
