@@ -16,10 +16,14 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command
+
+if TYPE_CHECKING:
+    from .tagging import ZeroShotTagger
 
 
 def _positive_int(text: str) -> int:
@@ -102,7 +106,7 @@ def _default_device() -> str:
     return "cpu"
 
 
-def _caption_tagger(args: argparse.Namespace, device: str) -> object | None:
+def _caption_tagger(args: argparse.Namespace, device: str) -> "ZeroShotTagger | None":
     """The `--tags` / `--tag-model` tagger, or `None` without them."""
     if args.tags is None and args.tag_model is None:
         if args.tag_top_k is not None or args.tag_threshold is not None or args.tag_template is not None:
@@ -142,7 +146,14 @@ def run_caption(args: argparse.Namespace) -> int:
             print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
             return 2
     else:
-        dataset = load_caption_dataset(args.dataset, config=args.config, split=args.split, streaming=args.streaming)
+        try:
+            dataset = load_caption_dataset(
+                args.dataset, config=args.config, split=args.split, streaming=args.streaming
+            )
+        except (KeyboardInterrupt, ImportError):
+            raise
+        except Exception as error:  # a missing folder, an unknown split or Hub id, ...: one line naming the dataset
+            raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
     device = args.device or _default_device()
     tagger = _caption_tagger(args, device)
     try:
