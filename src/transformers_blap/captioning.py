@@ -9,7 +9,11 @@ One line per input, written (and flushed to disk) as soon as the input is done:
 ```
 
 - **Identity.** An input is its resolved file (absolute, symlinks resolved): `path` is written that way, and a file
-  named twice (relative and absolute, through a link) is captioned once.
+  named twice (relative and absolute, through a link) is captioned once. A row of a `datasets` dataset
+  ([`caption_dataset`]) is its `id`: the value of the id column, or the row's index when there is none; its record
+  opens with `"id"` and holds the audio's `path` in the dataset (or `null`).
+- **Tags.** With a [`ZeroShotTagger`](tagging) every record also gets `"tags": [{"label", "score"}, ...]`, computed
+  from the same decoded windows as the caption.
 - **Failures.** An input that cannot be decoded or captioned gets a line with `"caption": null` and the `error` (one
   line naming the input and the cause), and the run goes on. `warnings` flags odd inputs that were still captioned
   (`"silent"`: see `SILENCE_PEAK_DBFS` in the audio module).
@@ -31,6 +35,7 @@ import re
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -101,8 +106,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
-    The complete records of a JSON Lines output; a line that is not a JSON object with a `path` (e.g. cut short by
-    a crash) is skipped.
+    The complete records of a JSON Lines output; a line that is not a JSON object with a `path` or an `id` (e.g. cut
+    short by a crash) is skipped.
     """
     records = []
     if not os.path.exists(path):
@@ -113,14 +118,19 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
+            if isinstance(record, dict) and ("id" in record or isinstance(record.get("path"), str)):
                 records.append(record)
     return records
 
 
-def _identity(path: str) -> str:
-    """The input a record's `path` names: records written by this module hold resolved paths already; older ones
-    may hold relative paths, resolved here against the working directory."""
+def record_key(record: dict[str, Any]) -> str:
+    """
+    The input a record is about: its `id` as text for a dataset row, else its `path` (records written by this module
+    hold resolved paths already; older ones may hold relative paths, resolved here against the working directory).
+    """
+    if "id" in record:
+        return str(record["id"])
+    path = record["path"]
     return path if os.path.isabs(path) else os.path.realpath(path)
 
 
@@ -144,7 +154,7 @@ def _prepare_output(path: Path, retry: set[str]) -> None:
     if not path.exists():
         return
     records = read_records(path)
-    _write_records_atomically(path, [r for r in records if _has_caption(r) or _identity(r["path"]) not in retry])
+    _write_records_atomically(path, [r for r in records if _has_caption(r) or record_key(r) not in retry])
 
 
 def part_path(output: str | os.PathLike, rank: int, world_size: int) -> Path:
@@ -161,7 +171,7 @@ def captioned_paths(output: str | os.PathLike) -> set[str]:
     """Inputs that already have a caption in `output` or in any of its part files."""
     output = Path(output)
     return {
-        _identity(record["path"])
+        record_key(record)
         for source in [output, *_part_files(output)]
         for record in read_records(source)
         if _has_caption(record)
@@ -181,7 +191,7 @@ def merge_parts(output: str | os.PathLike, inputs: Sequence[str]) -> list[dict[s
     latest: dict[str, dict[str, Any]] = {}
     for source in [output, *parts]:
         for record in read_records(source):
-            key = _identity(record["path"])
+            key = record_key(record)
             previous = latest.get(key)
             if previous is None or _has_caption(record) or not _has_caption(previous):
                 latest[key] = record
@@ -215,11 +225,12 @@ class CaptionInterrupted(KeyboardInterrupt):
     Args:
         signum (`int`): the signal (`signal.SIGINT` or `signal.SIGTERM`).
         done (`int`): inputs of this process with a line in the output (including those skipped as done before).
-        total (`int`): inputs of this process.
+        total (`int` or `None`): inputs of this process (`None`: not known, for a streamed dataset).
     """
 
-    def __init__(self, signum: int, done: int, total: int):
-        super().__init__(f"interrupted after {done} of {total}; rerun the same command to continue")
+    def __init__(self, signum: int, done: int, total: int | None):
+        of = "" if total is None else f" of {total}"
+        super().__init__(f"interrupted after {done}{of}; rerun the same command to continue")
         self.signum = signum
         self.done = done
         self.total = total
@@ -277,11 +288,18 @@ class _SignalGuard:
 
 @dataclass(eq=False)  # identity: tracks are dict keys
 class _Track:
-    path: str
+    key: str  # the input's identity in the output (see `record_key`)
+    source: Any  # what the pipeline decodes: a path, or a dataset's audio value
+    head: dict[str, Any]  # the record's identity fields: {"path"} for a file, {"id", "path"} for a dataset row
     queued: int = 0
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    tag_scores: list[Any] = field(default_factory=list)  # per batch: (windows, labels) similarities
     decoded: bool = False
     failed: bool = False
+
+    @classmethod
+    def of_file(cls, path: str) -> "_Track":
+        return cls(path, path, {"path": path})
 
 
 def _error_text(error: BaseException) -> str:
@@ -292,13 +310,16 @@ def _error_text(error: BaseException) -> str:
 class _Writer:
     """Appends one JSON line per finished input and makes it durable before going on."""
 
-    def __init__(self, handle: TextIO, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard):
+    def __init__(
+        self, handle: TextIO, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard, tagger: Any = None
+    ):
         self.handle = handle
         self.summary = summary
         self.progress = progress
         self.guard = guard
+        self.tagger = tagger
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, key: str, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self.guard.writing():
             self.handle.write(line)
@@ -308,28 +329,29 @@ class _Writer:
                 self.summary.captioned += 1
             else:
                 self.summary.failed += 1
-                self.summary.errors[record["path"]] = record["error"]
+                self.summary.errors[key] = record["error"]
         self.progress.update(1)
 
     def success(self, track: _Track, result: dict[str, Any]) -> None:
         windows = result["windows"]
-        self.write(
-            {
-                "path": track.path,
-                "caption": result["generated_text"],
-                "windows": windows,
-                "duration": windows[-1]["end"],
-                "warnings": result["warnings"],
-                "error": None,
-            }
-        )
+        record = {
+            **track.head,
+            "caption": result["generated_text"],
+            "windows": windows,
+            "duration": windows[-1]["end"],
+        }
+        if self.tagger is not None:
+            record["tags"] = self.tagger.track_tags(track.tag_scores)
+        self.write(track.key, {**record, "warnings": result["warnings"], "error": None})
 
     def failure(self, track: _Track, error: BaseException) -> None:
         if track.failed:  # recorded already (its batch failed, then its decoding too)
             return
         track.failed = True
-        record = {"path": track.path, "caption": None, "windows": [], "duration": None, "warnings": []}
-        self.write({**record, "error": _error_text(error)})
+        record = {**track.head, "caption": None, "windows": [], "duration": None}
+        if self.tagger is not None:
+            record["tags"] = []
+        self.write(track.key, {**record, "warnings": [], "error": _error_text(error)})
 
 
 _PREFETCH_JOIN_S = 5.0  # the longest an ending run waits for the decoding thread (a daemon: it cannot hold the exit)
@@ -340,11 +362,12 @@ _ALL_DONE = object()  # every track is decoded
 class _Prefetcher:
     """
     Decodes, resamples and windows the tracks (`pipe.preprocess`) in a background thread, a bounded queue ahead of
-    the model. Yields `(track, window item)`, `(track, exception)` for a track that failed to decode, and
-    `(track, _TRACK_DONE)` after a track's last window; a track marked failed is not decoded further.
+    the model; a lazy `tracks` (rows of a streamed dataset) is read in that thread too. Yields `(track, window
+    item)`, `(track, exception)` for a track that failed to decode, and `(track, _TRACK_DONE)` after a track's last
+    window; a track marked failed is not decoded further.
     """
 
-    def __init__(self, pipe: AudioToTextPipeline, tracks: list[_Track], preprocess_params: dict, depth: int):
+    def __init__(self, pipe: AudioToTextPipeline, tracks: Iterable[_Track], preprocess_params: dict, depth: int):
         self._pipe = pipe
         self._tracks = tracks
         self._params = preprocess_params
@@ -385,7 +408,7 @@ class _Prefetcher:
         try:
             for track in self._tracks:
                 try:
-                    for item in self._pipe.preprocess(track.path, **self._params):
+                    for item in self._pipe.preprocess(track.source, **self._params):
                         if not self._put((track, item)):
                             return
                         if track.failed:  # its batch failed: stop decoding it
@@ -411,6 +434,7 @@ def caption_files(
     skip: set[str] | None = None,
     progress: bool = True,
     progress_description: str | None = None,
+    tagger: Any = None,
     **pipeline_kwargs,
 ) -> CaptionSummary:
     """
@@ -428,6 +452,7 @@ def caption_files(
         skip (`set[str]`, *optional*): paths that are done already (not captioned, not counted as failed).
         progress (`bool`, *optional*, defaults to `True`): show a progress bar with ETA on stderr.
         progress_description (`str`, *optional*): the progress bar's label.
+        tagger ([`ZeroShotTagger`], *optional*): adds zero-shot `tags` to every record, from the same windows.
         pipeline_kwargs: call options of the pipeline (`prompt`, `window_s`, `hop_s`, `min_tail_s`, generation
             options such as `num_beams`, `max_new_tokens`).
 
@@ -438,11 +463,40 @@ def caption_files(
         [`CaptionInterrupted`]: on SIGINT or SIGTERM (when called from the main thread), after the line being written,
             if any, is complete; the batch in flight is dropped.
     """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
     skip = skip or set()
     summary = CaptionSummary(skipped=sum(path in skip for path in paths))
-    pending = [_Track(path) for path in paths if path not in skip]
+    pending = [_Track.of_file(path) for path in paths if path not in skip]
+    return _caption_tracks(
+        pipe,
+        pending,
+        output,
+        summary,
+        total=len(pending),
+        batch_size=batch_size,
+        progress=progress,
+        progress_description=progress_description,
+        tagger=tagger,
+        **pipeline_kwargs,
+    )
+
+
+def _caption_tracks(
+    pipe: AudioToTextPipeline,
+    tracks: Iterable[_Track],
+    output: str | os.PathLike,
+    summary: CaptionSummary,
+    *,
+    total: int | None,
+    batch_size: int,
+    progress: bool,
+    progress_description: str | None = None,
+    tagger: Any = None,
+    **pipeline_kwargs,
+) -> CaptionSummary:
+    """The engine of [`caption_files`] and [`caption_dataset`]: `tracks` may be a lazy iterable (read by the
+    decoding thread); `summary` holds the inputs skipped so far (a lazy `tracks` may add to them) and is returned."""
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
     preprocess_params, forward_params, postprocess_params = pipe._sanitize_parameters(**pipeline_kwargs)
     preprocess_params = {**pipe._preprocess_params, **preprocess_params}
     pipe.window_settings(*(preprocess_params.get(name) for name in ("window_s", "hop_s", "min_tail_s")))
@@ -450,11 +504,12 @@ def caption_files(
     forward_params = {**pipe._forward_params, **forward_params}
     postprocess_params = {**pipe._postprocess_params, **postprocess_params}
     collate = pad_collate_fn(pipe.tokenizer, pipe.feature_extractor)
+    sampling_rate = pipe.feature_extractor.sampling_rate
     guard = _SignalGuard()
 
-    bar = tqdm(total=len(pending), unit="file", desc=progress_description, file=sys.stderr, disable=not progress)
+    bar = tqdm(total=total, unit="file", desc=progress_description, file=sys.stderr, disable=not progress)
     with guard.installed(), open(output, "a", encoding="utf-8") as handle, bar:
-        writer = _Writer(handle, summary, bar, guard)
+        writer = _Writer(handle, summary, bar, guard, tagger)
 
         def finish_if_done(track: _Track) -> None:
             if track.failed or not track.decoded or len(track.outputs) < track.queued:
@@ -473,6 +528,7 @@ def caption_files(
             try:
                 batch = collate([item for _, item in entries])
                 outputs = pipe.forward(batch, **forward_params)
+                scores = None if tagger is None else tagger.window_scores(batch["audio"], sampling_rate)
             except Exception as error:
                 for track in dict.fromkeys(track for track, _ in entries):
                     writer.failure(track, error)
@@ -480,11 +536,13 @@ def caption_files(
             for index, (track, _) in enumerate(entries):
                 if not track.failed:
                     track.outputs.append(_batch_element(outputs, index))
+                    if scores is not None:
+                        track.tag_scores.append(scores[index : index + 1])
             for track in dict.fromkeys(track for track, _ in entries):
                 finish_if_done(track)
 
         try:
-            with _Prefetcher(pipe, pending, preprocess_params, depth=2 * batch_size) as prefetched:
+            with _Prefetcher(pipe, tracks, preprocess_params, depth=2 * batch_size) as prefetched:
                 batch: list[tuple[_Track, dict[str, Any]]] = []
                 for track, entry in prefetched:
                     if entry is _TRACK_DONE:
@@ -501,7 +559,8 @@ def caption_files(
                 run_batch(batch)
         except _Signalled as interrupt:
             done = summary.captioned + summary.failed + summary.skipped
-            raise CaptionInterrupted(interrupt.signum, done, len(paths)) from None
+            inputs = None if total is None else summary.skipped + total
+            raise CaptionInterrupted(interrupt.signum, done, inputs) from None
     return summary
 
 
@@ -568,6 +627,7 @@ def caption_to_jsonl(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    tagger: Any = None,
     **pipeline_kwargs,
 ) -> CaptionSummary:
     """
@@ -581,6 +641,7 @@ def caption_to_jsonl(
         output (`str` or `os.PathLike`): the JSON Lines file.
         batch_size (`int`, *optional*, defaults to 8): windows per `generate` call.
         progress (`bool`, *optional*, defaults to `True`): progress bar with ETA on stderr.
+        tagger ([`ZeroShotTagger`], *optional*): adds zero-shot `tags` to every record.
         pipeline_kwargs: pipeline call options (prompt, window and generation options).
 
     Returns:
@@ -601,7 +662,7 @@ def caption_to_jsonl(
             merge_parts(output, inputs)
         _prepare_output(output, retry=set(inputs) - done)
         return caption_files(
-            pipe, inputs, output, batch_size=batch_size, skip=done, progress=progress, **pipeline_kwargs
+            pipe, inputs, output, batch_size=batch_size, skip=done, progress=progress, tagger=tagger, **pipeline_kwargs
         )
 
     rank, world_size = state.process_index, state.num_processes
@@ -616,19 +677,170 @@ def caption_to_jsonl(
         skip=done,
         progress=progress,
         progress_description=f"rank {rank}/{world_size}",
+        tagger=tagger,
         **pipeline_kwargs,
     )
     return _merge_and_share_status(state, output, inputs)
+
+
+# ------------------------------------------------------------------------------------------------------ datasets
+
+# Local files that `load_dataset` reads with a packaged builder rather than as a dataset folder or script.
+_DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def load_caption_dataset(
+    name_or_path: str, *, config: str | None = None, split: str = "train", streaming: bool = False
+) -> Any:
+    """
+    One split of a local or Hub dataset to caption.
+
+    Args:
+        name_or_path (`str`): a folder written by `Dataset.save_to_disk`, a data file (`.parquet`, `.arrow`, `.csv`,
+            `.json`, `.jsonl`), a folder `load_dataset` reads (Parquet shards, an audiofolder), or a Hub dataset id.
+        config (`str`, *optional*): the dataset's configuration (subset).
+        split (`str`, *optional*, defaults to `"train"`): the split.
+        streaming (`bool`, *optional*, defaults to `False`): read rows as they are needed instead of downloading and
+            preparing the whole split first (for large Hub datasets; a saved folder is memory-mapped anyway).
+
+    Returns:
+        `datasets.Dataset`, or `datasets.IterableDataset` when `streaming`.
+    """
+    import datasets
+
+    path = Path(name_or_path)
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # written by `save_to_disk`
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{name_or_path} has no split {split!r}; its splits: {', '.join(loaded)}.")
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else loaded
+    builder = _DATA_FILE_BUILDERS.get(path.suffix.lower()) if path.is_file() else None
+    if builder is not None:
+        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split, streaming=streaming)
+    return datasets.load_dataset(name_or_path, config, split=split, streaming=streaming)
+
+
+def _check_columns(dataset: Any, audio_column: str, id_column: str | None) -> None:
+    columns = dataset.column_names
+    if columns is None:  # a streamed dataset whose features are not known until the first row
+        columns = list(next(iter(dataset.take(1)), {}))
+    for role, column in (("audio", audio_column), ("id", id_column)):
+        if column is not None and column not in columns:
+            raise ValueError(f"the dataset has no {role} column {column!r}; its columns: {', '.join(columns)}.")
+
+
+def _row_track(row: dict[str, Any], index: int, audio_column: str, id_column: str | None) -> _Track:
+    audio = row[audio_column]
+    row_id = index if id_column is None else row[id_column]
+    if not isinstance(row_id, (str, int)):
+        row_id = str(row_id)
+    path = audio.get("path") if isinstance(audio, dict) else audio if isinstance(audio, str) else None
+    return _Track(str(row_id), audio, {"id": row_id, "path": path})
+
+
+def caption_dataset(
+    pipe: AudioToTextPipeline,
+    dataset: Any,
+    output: str | os.PathLike,
+    *,
+    audio_column: str = "audio",
+    id_column: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    tagger: Any = None,
+    **pipeline_kwargs,
+) -> CaptionSummary:
+    """
+    Caption the audio column of a `datasets` dataset into a JSON Lines file, with the same guarantees as files
+    (resume, one error line per failed row, signals: see the module docstring), in one process.
+
+    A row's identity is the value of `id_column`, or its index in the split when `id_column` is `None`; its record
+    opens with `"id"` and the audio's `path` in the dataset (`null` for audio held as bytes without a name). A rerun
+    skips the rows that have a caption in `output` and retries the failed ones. An `Audio` column is read
+    undecoded (`{"bytes", "path"}`) and decoded by the pipeline's own reader; decoded values (`{"array",
+    "sampling_rate"}`, decoder objects) and path strings work too.
+
+    Args:
+        pipe ([`AudioToTextPipeline`]): the captioner.
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`): e.g. from [`load_caption_dataset`]; an
+            `IterableDataset` (streaming) is read as the captioning goes.
+        output (`str` or `os.PathLike`): the JSON Lines file.
+        audio_column (`str`, *optional*, defaults to `"audio"`): the column holding the audio.
+        id_column (`str`, *optional*): a column of unique row ids (strings or integers).
+        batch_size (`int`, *optional*, defaults to 8): windows per `generate` call.
+        progress (`bool`, *optional*, defaults to `True`): progress bar with ETA on stderr.
+        tagger ([`ZeroShotTagger`], *optional*): adds zero-shot `tags` to every record.
+        pipeline_kwargs: pipeline call options (prompt, window and generation options).
+
+    Returns:
+        [`CaptionSummary`], with `errors` keyed by row id (as text).
+
+    Raises:
+        `ValueError`: a missing column, or an id that appears twice.
+        [`CaptionInterrupted`]: on SIGINT / SIGTERM.
+    """
+    import datasets
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("captioning a dataset runs in one process; do not start it under torchrun/accelerate.")
+    _check_columns(dataset, audio_column, id_column)
+    features = dataset.features or {}
+    if isinstance(features.get(audio_column), datasets.Audio):
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = captioned_paths(output)
+    _prepare_output(output, retry={record_key(r) for r in read_records(output) if "id" in r} - done)
+
+    summary = CaptionSummary()
+    total = None
+    if isinstance(dataset, datasets.Dataset):
+        ids = [str(i) for i in (range(len(dataset)) if id_column is None else dataset[id_column])]
+        repeated = next((row_id for row_id, count in Counter(ids).items() if count > 1), None)
+        if repeated is not None:
+            raise ValueError(f"the id column {id_column!r} is not unique: {repeated!r} appears more than once.")
+        summary.skipped = sum(row_id in done for row_id in ids)
+        total = len(ids) - summary.skipped
+
+    def tracks() -> Iterator[_Track]:
+        seen: set[str] = set()
+        for index, row in enumerate(dataset):
+            track = _row_track(row, index, audio_column, id_column)
+            if track.key in seen:
+                raise ValueError(f"the id column {id_column!r} is not unique: {track.key!r} appears more than once.")
+            seen.add(track.key)
+            if track.key in done:
+                if total is None:  # a `Dataset`'s were counted up front
+                    summary.skipped += 1
+                continue
+            yield track
+
+    return _caption_tracks(
+        pipe,
+        tracks(),
+        output,
+        summary,
+        total=total,
+        batch_size=batch_size,
+        progress=progress,
+        tagger=tagger,
+        **pipeline_kwargs,
+    )
 
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "CaptionInterrupted",
     "CaptionSummary",
+    "caption_dataset",
     "caption_files",
     "caption_to_jsonl",
     "captioned_paths",
     "expand_inputs",
+    "load_caption_dataset",
     "merge_parts",
     "read_records",
+    "record_key",
 ]

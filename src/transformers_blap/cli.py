@@ -16,12 +16,16 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command
 from .library_commands import add_export_command, add_index_command, add_search_command
 from .precision import DTYPE_CHOICES, resolve_dtype
+
+if TYPE_CHECKING:
+    from .tagging import ZeroShotTagger
 
 
 def _positive_int(text: str) -> int:
@@ -39,13 +43,14 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
         "caption",
         help="caption audio files into a JSON Lines file (resumable; shards under torchrun / accelerate launch)",
         description=(
-            "Caption audio files, folders (recursively, audio extensions only) or lists of paths (.txt, one per line)"
-            " into JSON Lines: one line per input with path, caption, per-window captions, duration and error. A rerun"
-            " skips inputs that already have a caption. Under torchrun or accelerate launch every process captions its"
-            " share of the inputs and rank 0 merges the parts. The exit status is 1 if any input failed."
+            "Caption audio files, folders (recursively, audio extensions only) or lists of paths (.txt, one per line),"
+            " or the audio column of a dataset (--dataset), into JSON Lines: one line per input with path (and id for"
+            " a dataset row), caption, per-window captions, duration, tags (with --tags) and error. A rerun skips"
+            " inputs that already have a caption. Under torchrun or accelerate launch every process captions its"
+            " share of the files and rank 0 merges the parts. The exit status is 1 if any input failed."
         ),
     )
-    parser.add_argument("inputs", nargs="+", help="audio files, folders, or .txt files listing paths")
+    parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
     parser.add_argument("--model", required=True, help="a saved BLAP folder or Hub repository id")
     parser.add_argument("--output", required=True, help="the JSON Lines file to write (appended to when resuming)")
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="windows per generate call (default 8)")
@@ -68,6 +73,32 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    source = parser.add_argument_group(
+        "dataset input", "Caption a split of a `datasets` dataset instead of files (one process; resumable by row id)."
+    )
+    source.add_argument(
+        "--dataset",
+        help="a Hub dataset id, a folder (save_to_disk, Parquet shards, audiofolder) or a .parquet/.arrow/.csv/.json"
+        " file",
+    )
+    source.add_argument("--config", help="the dataset's configuration (subset)")
+    source.add_argument("--split", default="train", help="the split to caption (default train)")
+    source.add_argument("--audio-column", default="audio", help="the column holding the audio (default audio)")
+    source.add_argument(
+        "--id-column", help="a column of unique row ids, each record's identity (default: the row's index)"
+    )
+    source.add_argument("--streaming", action="store_true", help="read rows as they are captioned (large datasets)")
+    tags = parser.add_argument_group(
+        "zero-shot tags",
+        "Score every track against a list of labels with a stage-1 model: its audio-text similarity, averaged over"
+        " the track's windows, in the record's `tags`.",
+    )
+    tags.add_argument("--tags", help="a text file of labels, one per line")
+    tags.add_argument("--tag-model", help="a saved stage-1 BLAP (BlapForRepresentationLearning) folder or Hub id")
+    choice = tags.add_mutually_exclusive_group()
+    choice.add_argument("--tag-top-k", type=_positive_int, help="keep the K best labels per track (default 5)")
+    choice.add_argument("--tag-threshold", type=float, help="keep every label scoring at least T (a cosine, -1..1)")
+    tags.add_argument("--tag-template", help='the text a label is embedded as (default "This is a {} song.")')
     parser.set_defaults(handler=run_caption)
 
 
@@ -81,16 +112,56 @@ def _default_device() -> str:
     return "cpu"
 
 
+def _caption_tagger(args: argparse.Namespace, device: str) -> "ZeroShotTagger | None":
+    """The `--tags` / `--tag-model` tagger, or `None` without them."""
+    if args.tags is None and args.tag_model is None:
+        if args.tag_top_k is not None or args.tag_threshold is not None or args.tag_template is not None:
+            raise ValueError("--tag-top-k, --tag-threshold and --tag-template need --tags and --tag-model.")
+        return None
+    if args.tags is None or args.tag_model is None:
+        raise ValueError("zero-shot tags need both --tags LABELS_FILE and --tag-model STAGE1_MODEL.")
+    from .tagging import DEFAULT_TAG_TEMPLATE, ZeroShotTagger, read_labels
+
+    labels = read_labels(args.tags)
+    try:
+        return ZeroShotTagger.from_pretrained(
+            args.tag_model,
+            labels,
+            device=device,
+            dtype=args.dtype,
+            top_k=args.tag_top_k,
+            threshold=args.tag_threshold,
+            template=args.tag_template or DEFAULT_TAG_TEMPLATE,
+        )
+    except (KeyboardInterrupt, ImportError):
+        raise
+    except Exception as error:
+        raise ValueError(f"cannot load the tag model {args.tag_model}: {type(error).__name__}: {error}") from error
+
+
 def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    from .captioning import CaptionInterrupted, caption_to_jsonl, expand_inputs
+    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs, load_caption_dataset
 
-    inputs = expand_inputs(args.inputs)
-    if not inputs:
-        print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
+    if bool(args.inputs) == (args.dataset is not None):
+        raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
+    if args.dataset is None:
+        inputs = expand_inputs(args.inputs)
+        if not inputs:
+            print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            dataset = load_caption_dataset(
+                args.dataset, config=args.config, split=args.split, streaming=args.streaming
+            )
+        except (KeyboardInterrupt, ImportError):
+            raise
+        except Exception as error:  # a missing folder, an unknown split or Hub id, ...: one line naming the dataset
+            raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
     device = args.device or _default_device()
+    tagger = _caption_tagger(args, device)
     try:
         pipe = pipeline(
             "audio-to-text",
@@ -112,15 +183,24 @@ def run_caption(args: argparse.Namespace) -> int:
         "hop_s": args.hop_s,
         "min_tail_s": args.min_tail_s,
     }
+    run_options = {
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+        "tagger": tagger,
+        **{name: value for name, value in options.items() if value is not None},
+    }
     try:
-        summary = caption_to_jsonl(
-            pipe,
-            inputs,
-            args.output,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-            **{name: value for name, value in options.items() if value is not None},
-        )
+        if args.dataset is None:
+            summary = caption_to_jsonl(pipe, inputs, args.output, **run_options)
+        else:
+            summary = caption_dataset(
+                pipe,
+                dataset,
+                args.output,
+                audio_column=args.audio_column,
+                id_column=args.id_column,
+                **run_options,
+            )
     except CaptionInterrupted as interrupt:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"blap caption: {rank}{interrupt}", file=sys.stderr)
