@@ -128,7 +128,7 @@ def _caption_tagger(args: argparse.Namespace, device: str) -> "ZeroShotTagger | 
             args.tag_model,
             labels,
             device=device,
-            dtype=args.dtype,
+            dtype=resolve_dtype(args.dtype, device),
             top_k=args.tag_top_k,
             threshold=args.tag_threshold,
             template=args.tag_template or DEFAULT_TAG_TEMPLATE,
