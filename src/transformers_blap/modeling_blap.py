@@ -908,7 +908,7 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "re
 
 class BlapForRepresentationLearning(BlapPreTrainedModel):
     r"""
-    BLAP stage 1: learns audio-text representations in the Q-Former with three losses (DESIGN.md, BLIP-2):
+    BLAP stage 1: learns audio-text representations in the Q-Former with three losses (docs/design.md, BLIP-2):
 
     - audio-text contrastive (ATC): unit-norm `audio_projection` of every query output against the unit-norm
       `text_projection` of the text's `[CLS]` output; the similarity of a pair is the maximum over queries, divided by

@@ -68,7 +68,7 @@ def load_language_model_weights(model: BlapForConditionalGeneration, path: str |
     Copy a T5 checkpoint's weights into `model.language_model`, keeping BLAP's untied LM head.
 
     The weights are read from the safetensors files directly: `T5ForConditionalGeneration.from_pretrained` in
-    transformers 5.x would tie the head to the embeddings (see DESIGN.md).
+    transformers 5.x would tie the head to the embeddings (see docs/design.md).
 
     Args:
         model ([`BlapForConditionalGeneration`]).
