@@ -247,8 +247,8 @@ def test_predictions_of_two_models_and_two_settings_share_one_file(captioner, mu
     assert evaluate("a-fast")["metrics"] == reports["a-fast"]["metrics"] and sum(calls) == 2
 
 
-def test_evaluation_docs_show_the_papers_table1(paper_table1):
-    page = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+def test_readme_shows_the_papers_table1(paper_table1):
+    page = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     titles = {
         "musiccaps": "MusicCaps",
         "song_describer": "Song Describer",
