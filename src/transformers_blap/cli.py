@@ -20,19 +20,12 @@ from typing import TYPE_CHECKING
 
 from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
-from .evaluation.command import add_evaluate_command, add_setup_metrics_command
+from .evaluation.command import add_evaluate_command, add_setup_metrics_command, positive_int
 from .library_commands import add_export_command, add_index_command, add_search_command
 from .precision import DTYPE_CHOICES, resolve_dtype
 
 if TYPE_CHECKING:
     from .tagging import ZeroShotTagger
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------------------ caption
@@ -53,9 +46,9 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
     parser.add_argument("--model", required=True, help="a saved BLAP folder or Hub repository id")
     parser.add_argument("--output", required=True, help="the JSON Lines file to write (appended to when resuming)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="windows per generate call (default 8)")
-    parser.add_argument("--num-beams", type=_positive_int, help="beam search width (default: the model's)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, help="longest caption (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per generate call (default 8)")
+    parser.add_argument("--num-beams", type=positive_int, help="beam search width (default: the model's)")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="longest caption (default: the model's)")
     parser.add_argument("--min-length", type=int, help="shortest caption in tokens (default: the model's)")
     parser.add_argument("--prompt", help="instruction for the language model (default: the processor's)")
     parser.add_argument("--window-s", type=float, help="window length in seconds (default: the model's, 10 s)")
@@ -96,7 +89,7 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     tags.add_argument("--tags", help="a text file of labels, one per line")
     tags.add_argument("--tag-model", help="a saved stage-1 BLAP (BlapForRepresentationLearning) folder or Hub id")
     choice = tags.add_mutually_exclusive_group()
-    choice.add_argument("--tag-top-k", type=_positive_int, help="keep the K best labels per track (default 5)")
+    choice.add_argument("--tag-top-k", type=positive_int, help="keep the K best labels per track (default 5)")
     choice.add_argument("--tag-threshold", type=float, help="keep every label scoring at least T (a cosine, -1..1)")
     tags.add_argument("--tag-template", help='the text a label is embedded as (default "This is a {} song.")')
     parser.set_defaults(handler=run_caption)

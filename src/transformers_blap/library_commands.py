@@ -10,7 +10,7 @@ import json
 import shlex
 import sys
 
-from .evaluation.command import _positive_int
+from .evaluation.command import positive_int
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -40,7 +40,7 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("captions", help="the JSON Lines output of `blap caption`")
     parser.add_argument("--to", required=True, dest="folder", help="the dataset folder to write")
     parser.add_argument("--embed-audio", action="store_true", help="store the audio files themselves, not paths")
-    parser.add_argument("--shard-rows", type=_positive_int, default=1000, help="rows per Parquet shard (default 1000)")
+    parser.add_argument("--shard-rows", type=positive_int, default=1000, help="rows per Parquet shard (default 1000)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     card = parser.add_argument_group("dataset card: how the captions were made")
     card.add_argument("--model", help="the captioning model (folder or Hub id)")
@@ -101,7 +101,7 @@ def add_index_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="a saved stage-1 BLAP folder or Hub repository id")
     parser.add_argument("--output", required=True, help="the index folder to write")
     parser.add_argument("--hop-s", type=float, help="distance between window starts in seconds (default: the window)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="windows per model call (default 16)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default 16)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU if there is one, else CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(handler=run_index)
@@ -150,7 +150,7 @@ def add_search_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("index", help="a folder written by `blap index`")
     parser.add_argument("query", help='what to look for, e.g. "calm solo piano"')
-    parser.add_argument("-k", type=_positive_int, default=10, help="how many tracks (default 10)")
+    parser.add_argument("-k", type=positive_int, default=10, help="how many tracks (default 10)")
     parser.add_argument("--model", help="the stage-1 model for the text (default: the one that built the index)")
     parser.add_argument("--json", action="store_true", help="JSON Lines output")
     parser.set_defaults(handler=run_search)

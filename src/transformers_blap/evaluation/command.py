@@ -24,7 +24,7 @@ DEFAULT_CSV_NAMES = {
 METRIC_SETS = {"all": ALL_METRICS, "paper": PAPER_METRICS, "ngram": NGRAM_METRICS}
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -86,9 +86,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
         " comma-separated list of metric names",
     )
     parser.add_argument("--metrics-cache", type=Path, help=f"the setup-metrics cache (default: {default_cache_dir()})")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="clips per generate call (default 8)")
-    parser.add_argument("--num-beams", type=_positive_int, help="beam search width (default: the model's)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, help="longest caption (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate call (default 8)")
+    parser.add_argument("--num-beams", type=positive_int, help="beam search width (default: the model's)")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="longest caption (default: the model's)")
     parser.add_argument("--min-length", type=int, help="shortest caption in tokens (default: the model's)")
     parser.add_argument("--prompt", help="instruction for the language model (default: the processor's)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU if there is one, else CPU)")
