@@ -254,7 +254,10 @@ def add_caption_ray_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_caption_ray(args: argparse.Namespace) -> int:
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("blap caption-ray needs Ray: pip install 'transformers_blap[ray]'.") from None
 
     from .captioning import expand_inputs
     from .ray_jobs import caption_with_ray
