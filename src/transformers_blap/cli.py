@@ -31,6 +31,44 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------------------------------ caption
 
 
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batching, window and generation options of `blap caption` and `blap caption-ray`."""
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per generate call (default 8)")
+    parser.add_argument("--num-beams", type=positive_int, help="beam search width (default: the model's)")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="longest caption (default: the model's)")
+    parser.add_argument("--min-length", type=int, help="shortest caption in tokens (default: the model's)")
+    parser.add_argument("--prompt", help="instruction for the language model (default: the processor's)")
+    parser.add_argument("--window-s", type=float, help="window length in seconds (default: the model's, 10 s)")
+    parser.add_argument("--hop-s", type=float, help="distance between window starts in seconds (default: --window-s)")
+    parser.add_argument("--min-tail-s", type=float, help="shortest tail with its own window (default: 30%% of it)")
+
+
+def _generation_options(args: argparse.Namespace) -> dict:
+    """The pipeline call options set by [`_add_generation_arguments`]' flags (unset ones left to the model)."""
+    options = {
+        "num_beams": args.num_beams,
+        "max_new_tokens": args.max_new_tokens,
+        "min_length": args.min_length,
+        "prompt": args.prompt,
+        "window_s": args.window_s,
+        "hop_s": args.hop_s,
+        "min_tail_s": args.min_tail_s,
+    }
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--dtype` and `--trust-remote-code`, of `blap caption` and `blap caption-ray`."""
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="checkpoint",
+        help="model weights' dtype: auto = bfloat16 where the device computes it natively (AVX-512 BF16 / AMX CPUs,"
+        " Ampere+ GPUs), else float32; checkpoint (default) = as saved",
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code")
+
+
 def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "caption",
@@ -46,25 +84,11 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
     parser.add_argument("--model", required=True, help="a saved BLAP folder or Hub repository id")
     parser.add_argument("--output", required=True, help="the JSON Lines file to write (appended to when resuming)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per generate call (default 8)")
-    parser.add_argument("--num-beams", type=positive_int, help="beam search width (default: the model's)")
-    parser.add_argument("--max-new-tokens", type=positive_int, help="longest caption (default: the model's)")
-    parser.add_argument("--min-length", type=int, help="shortest caption in tokens (default: the model's)")
-    parser.add_argument("--prompt", help="instruction for the language model (default: the processor's)")
-    parser.add_argument("--window-s", type=float, help="window length in seconds (default: the model's, 10 s)")
-    parser.add_argument("--hop-s", type=float, help="distance between window starts in seconds (default: --window-s)")
-    parser.add_argument("--min-tail-s", type=float, help="shortest tail with its own window (default: 30%% of it)")
+    _add_generation_arguments(parser)
     parser.add_argument(
         "--device", help="cpu, cuda, cuda:1, ... (default: this process's GPU (LOCAL_RANK) if there is one, else CPU)"
     )
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default="checkpoint",
-        help="model weights' dtype: auto = bfloat16 where the device computes it natively (AVX-512 BF16 / AMX CPUs,"
-        " Ampere+ GPUs), else float32; checkpoint (default) = as saved",
-    )
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code")
+    _add_model_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     source = parser.add_argument_group(
         "dataset input", "Caption a split of a `datasets` dataset instead of files (one process; resumable by row id)."
@@ -167,20 +191,11 @@ def run_caption(args: argparse.Namespace) -> int:
         raise
     except Exception as error:  # a truncated safetensors file, a missing config, ...: one line naming the model
         raise ValueError(f"cannot load the model {args.model}: {type(error).__name__}: {error}") from error
-    options = {
-        "num_beams": args.num_beams,
-        "max_new_tokens": args.max_new_tokens,
-        "min_length": args.min_length,
-        "prompt": args.prompt,
-        "window_s": args.window_s,
-        "hop_s": args.hop_s,
-        "min_tail_s": args.min_tail_s,
-    }
     run_options = {
         "batch_size": args.batch_size,
         "progress": not args.no_progress,
         "tagger": tagger,
-        **{name: value for name, value in options.items() if value is not None},
+        **_generation_options(args),
     }
     try:
         if args.dataset is None:
@@ -201,6 +216,67 @@ def run_caption(args: argparse.Namespace) -> int:
     for path, error in summary.errors.items():
         print(f"blap caption: failed: {path}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+# ------------------------------------------------------------------------------------------------------ caption-ray
+
+
+def add_caption_ray_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "caption-ray",
+        help="caption audio files on a Ray cluster (Ray Data, one model per actor) into Parquet",
+        description=(
+            "Caption audio files, folders or lists of paths (as `blap caption`) on Ray Data: a pool of actors, one"
+            " model each, captions batches of files; the records (the fields of `blap caption`'s JSON lines) are"
+            " written as Parquet files into --output. Joins the cluster named by RAY_ADDRESS, else starts a local"
+            " Ray. A killed actor is restarted and its files retried. The exit status is 1 if any input failed."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", help="audio files, folders, or .txt files listing paths")
+    parser.add_argument("--model", required=True, help="a saved BLAP folder (readable on every node) or Hub id")
+    parser.add_argument("--output", required=True, help="a new or empty folder for the Parquet files")
+    parser.add_argument("--num-actors", type=positive_int, default=1, help="captioner actors (models) (default 1)")
+    parser.add_argument(
+        "--files-per-task", type=positive_int, default=8, help="files per Ray task, the unit of retry (default 8)"
+    )
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 runs on CUDA")
+    _add_generation_arguments(parser)
+    _add_model_arguments(parser)
+    parser.set_defaults(handler=run_caption_ray)
+
+
+def run_caption_ray(args: argparse.Namespace) -> int:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("blap caption-ray needs Ray: pip install 'transformers_blap[ray]'.") from None
+
+    from .captioning import expand_inputs
+    from .ray_jobs import caption_with_ray
+
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        print(f"blap caption-ray: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    if not ray.is_initialized():
+        ray.init()  # the cluster of RAY_ADDRESS, else a local one
+    errors = caption_with_ray(
+        inputs,
+        args.model,
+        args.output,
+        num_actors=args.num_actors,
+        files_per_task=args.files_per_task,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        batch_size=args.batch_size,
+        **_generation_options(args),
+    )
+    for path, error in errors.items():
+        print(f"blap caption-ray: failed: {path}: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 # --------------------------------------------------------------------------------------------------------- push
@@ -347,6 +423,7 @@ def quiet_third_party_startup() -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_caption_command,
+    add_caption_ray_command,
     add_push_command,
     add_convert_original_command,
     add_convert_laion_clap_command,
