@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Approximate against exact search at library scale: the faiss index `blap index` builds above
-`EXACT_SEARCH_MAX_ROWS` vectors (`transformers_blap.search.build_faiss_index`, inverted lists) against exact
+`EXACT_SEARCH_MAX_ROWS` vectors (`transformers_blap.search.build_faiss_index`, an HNSW graph) against exact
 inner-product search (`IndexFlatIP`) over the same vectors.
 
 Vectors: `--num-vectors` random unit vectors of the stage-1 embedding width (`BlapConfig().embed_dim`, 256). Real
@@ -12,7 +12,7 @@ from every other and no index beats a full scan by much (the worst case, reporte
 
 Reported: build time and the index's added resident memory (`RssAnon`), exact and approximate queries per second
 (all queries in one batch, `--repeats` runs, the fastest kept: the machine is shared), and recall@k of the
-approximate top k against the exact top k, for the package's `nprobe` and a sweep of others.
+approximate top k against the exact top k, for the package's `efSearch` and a sweep of others.
 
     PYTHONPATH=src python scripts/benchmark_search.py                       # 1M x 256, clustered
     PYTHONPATH=src python scripts/benchmark_search.py --distribution uniform --json benchmarks/search-uniform.json
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import anonymous_rss_bytes  # noqa: E402
 
 from transformers_blap import BlapConfig  # noqa: E402
-from transformers_blap.search import IVF_NPROBE, build_faiss_index  # noqa: E402
+from transformers_blap.search import HNSW_EF_SEARCH, build_faiss_index  # noqa: E402
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--distribution", choices=("clustered", "uniform"), default="clustered")
     parser.add_argument("--clusters", type=int, default=10_000, help="mixture components (clustered)")
     parser.add_argument("--spread", type=float, default=1.0, help="noise norm around a component (clustered)")
-    parser.add_argument("--nprobe", type=int, nargs="*", default=[4, 8, 16, 32, 64], help="nprobe sweep")
+    parser.add_argument("--ef-search", type=int, nargs="*", default=[32, 64, 128, 256], help="efSearch sweep")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -115,20 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     rss = anonymous_rss_bytes()
     start = time.perf_counter()
-    approximate = build_faiss_index(vectors, approximate=True, seed=args.seed)
+    approximate = build_faiss_index(vectors, approximate=True)
     results["approximate_build_s"] = time.perf_counter() - start
     results["approximate_index_bytes"] = anonymous_rss_bytes() - rss
-    results["index"] = f"{type(approximate).__name__}, nlist {approximate.nlist}"
-    results["default_nprobe"] = approximate.nprobe
+    graph = approximate.hnsw
+    results["index"] = (
+        f"{type(approximate).__name__}, M {graph.nb_neighbors(1)}, efConstruction {graph.efConstruction}"
+    )
+    results["default_ef_search"] = graph.efSearch
     sweep = []
-    for nprobe in sorted({*args.nprobe, IVF_NPROBE}):
-        approximate.nprobe = nprobe
+    for ef_search in sorted({*args.ef_search, HNSW_EF_SEARCH}):
+        graph.efSearch = ef_search
         qps, found = queries_per_second(approximate, queries, args.k, args.repeats)
         sweep.append(
-            {"nprobe": nprobe, "qps": qps, "speedup": qps / results["exact_qps"], "recall": recall(found, truth)}
+            {"ef_search": ef_search, "qps": qps, "speedup": qps / results["exact_qps"], "recall": recall(found, truth)}
         )
     results["sweep"] = sweep
-    default = next(row for row in sweep if row["nprobe"] == results["default_nprobe"])
+    default = next(row for row in sweep if row["ef_search"] == results["default_ef_search"])
     results["targets"] = {
         f"recall@{args.k} >= 0.95": default["recall"] >= 0.95,
         "speedup >= 50x": default["speedup"] >= 50,
@@ -142,11 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"approximate ({results['index']}): build {results['approximate_build_s']:.1f} s,"
         f" {results['approximate_index_bytes'] / 2**20:.0f} MiB"
     )
-    print(f"| nprobe | queries/s | x exact | recall@{args.k} |\n| ---: | ---: | ---: | ---: |")
+    print(f"| efSearch | queries/s | x exact | recall@{args.k} |\n| ---: | ---: | ---: | ---: |")
     for row in sweep:
-        marker = " (default)" if row["nprobe"] == results["default_nprobe"] else ""
-        print(f"| {row['nprobe']}{marker} | {row['qps']:.0f} | {row['speedup']:.1f} | {row['recall']:.3f} |")
-    print("targets at the default nprobe:", results["targets"])
+        marker = " (default)" if row["ef_search"] == results["default_ef_search"] else ""
+        print(f"| {row['ef_search']}{marker} | {row['qps']:.0f} | {row['speedup']:.1f} | {row['recall']:.3f} |")
+    print("targets at the default efSearch:", results["targets"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

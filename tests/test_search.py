@@ -12,7 +12,13 @@ import torch
 
 from transformers_blap import BlapForRepresentationLearning, BlapStage1Processor, build_qformer_tokenizer
 from transformers_blap.cli import main
-from transformers_blap.search import AudioSearchIndex, build_faiss_index, embed_tracks
+from transformers_blap.search import (
+    HNSW_EF_SEARCH,
+    AudioSearchIndex,
+    TrackEmbeddings,
+    build_faiss_index,
+    embed_tracks,
+)
 
 from blap_testing import tone, write_audio
 from tiny import tiny_feature_extractor, tiny_stage1_config
@@ -100,16 +106,20 @@ def test_index_search_save_load_and_cli(tiny_stage1_dir, library, tmp_path, caps
     assert "is not a search index" in capsys.readouterr().err
 
 
-def test_approximate_index_agrees_with_exact_search_on_clustered_vectors():
+def test_approximate_index_agrees_with_exact_search_and_keeps_its_settings_through_save_and_load(tmp_path):
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((50, 32)).astype(np.float32)
     vectors = centers[rng.integers(0, 50, 20_000)] + 0.3 * rng.standard_normal((20_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = vectors[rng.integers(0, 20_000, 50)] + 0.1 * rng.standard_normal((50, 32)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    exact, approximate = build_faiss_index(vectors, approximate=False), build_faiss_index(vectors, approximate=True)
-    assert type(approximate).__name__ == "IndexIVFFlat" and approximate.nprobe < approximate.nlist
-    _, truth = exact.search(queries, 10)
+    track = TrackEmbeddings(
+        "all.wav", np.arange(20_000, dtype=np.float32), np.arange(1, 20_001, dtype=np.float32), vectors[:, None]
+    )
+    AudioSearchIndex.from_embeddings([track], approximate=True).save(tmp_path)
+    approximate = AudioSearchIndex.load(tmp_path).index
+    assert type(approximate).__name__ == "IndexHNSWFlat" and approximate.hnsw.efSearch == HNSW_EF_SEARCH
+    _, truth = build_faiss_index(vectors, approximate=False).search(queries, 10)
     _, found = approximate.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found)])
     assert recall >= 0.95
