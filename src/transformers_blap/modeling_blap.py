@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -364,8 +365,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         """
         path = pretrained_model_name_or_path
         if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STAGE2_ADAPTER_MANIFEST)):
-            try:
-                from transformers_blap.training.stage2 import load_stage2_lora_folder
+            try:  # by name: the training code is not among the files a Hub repository carries for remote code
+                stage2 = importlib.import_module("transformers_blap.training.stage2")
             except ImportError:
                 raise OSError(
                     f"{os.fspath(path)} holds a BLAP LoRA adapter, not a whole model: pip install"
@@ -373,7 +374,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                     " transformers_blap.training.load_stage2_lora_folder(path)."
                 ) from None
             dtype = kwargs.get("dtype")
-            return load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+            return stage2.load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
         source = original_release_source(path, kwargs)
         return super().from_pretrained(source, *model_args, **kwargs)
 
@@ -519,9 +520,13 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_query_tokens, d_model)`. The projection runs in its own
             dtype (or autocast's): float32 when it trains beside a bfloat16 language model, also outside autocast
-            (`generate`); `_language_model_inputs` casts its output to the language model's dtype.
+            (`generate`); `_language_model_inputs` casts its output to the language model's dtype. A quantized
+            projection (bitsandbytes 8-bit / 4-bit: integer weights) takes the language model's embedding dtype.
         """
-        return self.language_projection(query_output.to(self.language_projection.weight.dtype))
+        dtype = self.language_projection.weight.dtype
+        if not dtype.is_floating_point:
+            dtype = self.language_model.get_input_embeddings().weight.dtype
+        return self.language_projection(query_output.to(dtype))
 
     def _language_model_inputs(
         self,
