@@ -493,6 +493,7 @@ def test_remote_code_names_its_missing_packages(model_dir, tmp_path):
     requirements = remote_code_requirements()
     assert [requirement.split("<")[0].split(">")[0] for requirement in requirements] == [
         "av",
+        "huggingface_hub",
         "numpy",
         "soundfile",
         "soxr",
@@ -500,6 +501,7 @@ def test_remote_code_names_its_missing_packages(model_dir, tmp_path):
         "transformers",
     ]
     assert any(requirement.startswith("transformers") and "<5.24" in requirement for requirement in requirements)
+    assert "huggingface_hub>=2.4.0" in requirements  # the import name carries the distribution's bound
     card = str(render_model_card(tiny_config(), repo_id="someone/blap"))
     assert "pip install " + " ".join(f'"{requirement}"' for requirement in requirements) in card
 

@@ -6,7 +6,6 @@ import os
 import types
 from pathlib import Path
 
-import huggingface_hub
 from transformers import Blip2QFormerConfig, ClapAudioConfig, T5Config
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
@@ -200,6 +199,8 @@ def original_release_source(pretrained_model_name_or_path: str | os.PathLike, hu
     elif path.exists() or str(pretrained_model_name_or_path).count("/") > 1:
         return pretrained_model_name_or_path
     else:
+        import huggingface_hub  # here, not at the top: the remote-code entry modules would have to name it too
+
         try:
             config_file = Path(
                 huggingface_hub.hf_hub_download(

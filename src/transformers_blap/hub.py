@@ -28,6 +28,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import HfHubHTTPError
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
@@ -221,12 +222,15 @@ def remote_code_requirements() -> list[str]:
     """
     imported = {name for path in remote_code_files() for name in get_imports(path)} - set(sys.stdlib_module_names)
     try:
-        declared = {Requirement(line).name: Requirement(line) for line in importlib.metadata.requires(__package__)}
+        declared = {
+            canonicalize_name(Requirement(line).name): Requirement(line)
+            for line in importlib.metadata.requires(__package__)
+        }
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
         declared = {}
     requirements = []
     for name in sorted(imported):
-        requirement = declared.get(name)
+        requirement = declared.get(canonicalize_name(name))  # huggingface_hub is huggingface-hub
         requirements.append(f"{name}{requirement.specifier}" if requirement else name)
     return requirements
 
