@@ -43,7 +43,7 @@ def ci_run(tmp_path_factory) -> tuple[dict, str]:
         str(min(os.cpu_count() or 1, 8)),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     return json.loads((out / "results.json").read_text()), completed.stdout
 
