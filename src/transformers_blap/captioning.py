@@ -28,7 +28,6 @@ One line per input, written (and flushed to disk) as soon as the input is done:
   return, each with the whole run's failure count.
 """
 
-import json
 import os
 import queue
 import re
@@ -41,11 +40,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm.auto import tqdm
 from transformers.pipelines.base import pad_collate_fn
 
+from .journal import Journal, latest_per_key
 from .pipeline_audio_to_text import AudioToTextPipeline
 
 AUDIO_EXTENSIONS = frozenset(
@@ -104,23 +104,16 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ records
 
 
+def _is_caption_record(record: dict[str, Any]) -> bool:
+    return "id" in record or isinstance(record.get("path"), str)
+
+
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     The complete records of a JSON Lines output; a line that is not a JSON object with a `path` or an `id` (e.g. cut
     short by a crash) is skipped.
     """
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and ("id" in record or isinstance(record.get("path"), str)):
-                records.append(record)
-    return records
+    return Journal(path, _is_caption_record).records()
 
 
 def record_key(record: dict[str, Any]) -> str:
@@ -138,23 +131,11 @@ def _has_caption(record: dict[str, Any]) -> bool:
     return isinstance(record.get("caption"), str) and record.get("error") is None
 
 
-def _write_records_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace `path` with `records` so that a crash leaves either the old or the new file, never a mix."""
-    tmp_path = path.with_name(path.name + ".tmp")
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp_path, path)
-
-
 def _prepare_output(path: Path, retry: set[str]) -> None:
     """Drop unreadable lines and the error records of inputs about to be retried (`retry`) from `path`."""
-    if not path.exists():
-        return
-    records = read_records(path)
-    _write_records_atomically(path, [r for r in records if _has_caption(r) or record_key(r) not in retry])
+    Journal(path, _is_caption_record).resume(
+        keep=lambda record: _has_caption(record) or record_key(record) not in retry
+    )
 
 
 def part_path(output: str | os.PathLike, rank: int, world_size: int) -> Path:
@@ -188,17 +169,12 @@ def merge_parts(output: str | os.PathLike, inputs: Sequence[str]) -> list[dict[s
     """
     output = Path(output)
     parts = _part_files(output)
-    latest: dict[str, dict[str, Any]] = {}
-    for source in [output, *parts]:
-        for record in read_records(source):
-            key = record_key(record)
-            previous = latest.get(key)
-            if previous is None or _has_caption(record) or not _has_caption(previous):
-                latest[key] = record
+    records = (record for source in [output, *parts] for record in read_records(source))
+    latest = latest_per_key(records, record_key, settled=_has_caption)
     wanted = set(inputs)
     others = [record for path, record in latest.items() if path not in wanted]
     ours = [latest[path] for path in inputs if path in latest]
-    _write_records_atomically(output, others + ours)
+    Journal(output).rewrite(others + ours)
     for part in parts:
         part.unlink()
     return ours
@@ -308,23 +284,20 @@ def _error_text(error: BaseException) -> str:
 
 
 class _Writer:
-    """Appends one JSON line per finished input and makes it durable before going on."""
+    """Appends one JSON line per finished input to the journal (durable before going on) and counts it."""
 
     def __init__(
-        self, handle: TextIO, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard, tagger: Any = None
+        self, journal: Journal, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard, tagger: Any = None
     ):
-        self.handle = handle
+        self.journal = journal
         self.summary = summary
         self.progress = progress
         self.guard = guard
         self.tagger = tagger
 
     def write(self, key: str, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self.guard.writing():
-            self.handle.write(line)
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
+            self.journal.append(record)
             if record["error"] is None:
                 self.summary.captioned += 1
             else:
@@ -508,8 +481,8 @@ def _caption_tracks(
     guard = _SignalGuard()
 
     bar = tqdm(total=total, unit="file", desc=progress_description, file=sys.stderr, disable=not progress)
-    with guard.installed(), open(output, "a", encoding="utf-8") as handle, bar:
-        writer = _Writer(handle, summary, bar, guard, tagger)
+    with guard.installed(), Journal(output) as journal, bar:
+        writer = _Writer(journal, summary, bar, guard, tagger)
 
         def finish_if_done(track: _Track) -> None:
             if track.failed or not track.decoded or len(track.outputs) < track.queued:
