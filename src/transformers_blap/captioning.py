@@ -470,12 +470,9 @@ def _caption_tracks(
     decoding thread); `summary` holds the inputs skipped so far (a lazy `tracks` may add to them) and is returned."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
-    preprocess_params, forward_params, postprocess_params = pipe._sanitize_parameters(**pipeline_kwargs)
-    preprocess_params = {**pipe._preprocess_params, **preprocess_params}
+    preprocess_params, forward_params, postprocess_params = pipe.call_parameters(**pipeline_kwargs)
     pipe.window_settings(*(preprocess_params.get(name) for name in ("window_s", "hop_s", "min_tail_s")))
     pipe.prompt_tokens(preprocess_params.get("prompt"))  # tokenized here, once, not in the decoding thread
-    forward_params = {**pipe._forward_params, **forward_params}
-    postprocess_params = {**pipe._postprocess_params, **postprocess_params}
     collate = pad_collate_fn(pipe.tokenizer, pipe.feature_extractor)
     sampling_rate = pipe.feature_extractor.sampling_rate
     guard = _SignalGuard()
