@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transformers_blap.journal import Journal, latest_per_key
+from transformers_blap.journal import Journal, error_text, latest_per_key
 
 
 def is_track(record: dict) -> bool:
@@ -100,3 +100,8 @@ def test_latest_per_key_keeps_first_seen_order_and_settled_records():
     latest = latest_per_key(records, lambda record: record["path"], settled=lambda record: record["ok"])
     assert list(latest) == ["a", "b"] and [record["n"] for record in latest.values()] == [5, 2]
     assert [record["n"] for record in latest_per_key(records, lambda record: record["path"]).values()] == [5, 4]
+
+
+def test_a_failure_is_recorded_in_one_line():
+    error = RuntimeError("cannot decode /music/a.mp3:\n  invalid data\tfound")
+    assert error_text(error) == "RuntimeError: cannot decode /music/a.mp3: invalid data found"

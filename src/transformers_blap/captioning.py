@@ -45,7 +45,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers.pipelines.base import pad_collate_fn
 
-from .journal import Journal, latest_per_key
+from .journal import Journal, error_text, latest_per_key
 from .pipeline_audio_to_text import AudioToTextPipeline
 
 AUDIO_EXTENSIONS = frozenset(
@@ -278,11 +278,6 @@ class _Track:
         return cls(path, path, {"path": path})
 
 
-def _error_text(error: BaseException) -> str:
-    """One line: the error's class and message, whitespace folded."""
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 class _Writer:
     """Appends one JSON line per finished input to the journal (durable before going on) and counts it."""
 
@@ -324,7 +319,7 @@ class _Writer:
         record = {**track.head, "caption": None, "windows": [], "duration": None}
         if self.tagger is not None:
             record["tags"] = []
-        self.write(track.key, {**record, "warnings": [], "error": _error_text(error)})
+        self.write(track.key, {**record, "warnings": [], "error": error_text(error)})
 
 
 _PREFETCH_JOIN_S = 5.0  # the longest an ending run waits for the decoding thread (a daemon: it cannot hold the exit)

@@ -9,6 +9,7 @@ the next item starts, in a file that a crash or a signal leaves readable.
 - **Appending** ([`Journal.append`], inside `with journal:`): one whole line, flushed and fsynced.
 - **Rewriting** ([`Journal.rewrite`]): the file is replaced atomically; a crash leaves the old file or the new one.
 - **Folding** ([`latest_per_key`]): the latest record of each item, as a journal appended to by reruns holds several.
+- **Failures** are records too: [`error_text`] is their one-line error.
 
 What identifies an item (the key) and which records a rerun may reuse stay with the callers.
 """
@@ -127,6 +128,11 @@ def _line(record: Record) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+def error_text(error: BaseException) -> str:
+    """How a journal records a failed item: one line, the error's class and message, whitespace folded."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
 def latest_per_key(
     records: Iterable[Record], key: Callable[[Record], str], settled: Callable[[Record], bool] | None = None
 ) -> dict[str, Record]:
@@ -151,4 +157,4 @@ def latest_per_key(
     return latest
 
 
-__all__ = ["Journal", "latest_per_key"]
+__all__ = ["Journal", "error_text", "latest_per_key"]

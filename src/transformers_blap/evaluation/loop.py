@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..audio import load_audio
-from ..journal import Journal, latest_per_key
+from ..journal import Journal, error_text, latest_per_key
 from .benchmarks import Benchmark, BenchmarkClip
 from .metrics import ALL_METRICS, CaptionScorer
 from .report import format_table1, published_rows
@@ -125,10 +125,6 @@ def prediction_fingerprint(
     }
 
 
-def _error_text(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 def _generation_settings(model, generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The generation settings in effect: the model's generation config (what differs from the defaults), overridden
     by `generate_kwargs`, in name order."""
@@ -202,7 +198,7 @@ def generate_predictions(
                     waveforms.append(load_audio(clip.audio_path, sampling_rate))
                     loaded.append(clip)
                 except Exception as error:
-                    new_records.append(record(clip, {"error": _error_text(error)}))
+                    new_records.append(record(clip, {"error": error_text(error)}))
             if loaded:
                 try:
                     captions = _caption_batch(model, processor, loaded, waveforms, generate_kwargs)
@@ -211,7 +207,7 @@ def generate_predictions(
                         for clip, caption in zip(loaded, captions)
                     ]
                 except Exception as error:
-                    outcomes = [{"error": _error_text(error)}] * len(loaded)
+                    outcomes = [{"error": error_text(error)}] * len(loaded)
                 new_records += [record(clip, outcome) for clip, outcome in zip(loaded, outcomes)]
             for new_record in new_records:
                 records[new_record["clip_id"]] = new_record
