@@ -19,8 +19,8 @@ One line per input, written (and flushed to disk) as soon as the input is done:
   (`"silent"`: see `SILENCE_PEAK_DBFS` in the audio module).
 - **Resume.** A rerun skips every input that already has a caption in the output (and retries the failed ones). A
   line is written whole and flushed to disk before the next input starts; a line cut short by a crash is detected,
-  dropped and its input redone. SIGINT and SIGTERM drop the batch in flight (never a line being written) and raise
-  [`CaptionInterrupted`].
+  dropped and its input redone (the output is a [`Journal`](journal), as `blap evaluate`'s predictions are). SIGINT
+  and SIGTERM drop the batch in flight (never a line being written) and raise [`CaptionInterrupted`].
 - **Overlap.** A background thread decodes, resamples and windows the next inputs while the model captions.
 - **Sharding.** Under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1, joined through accelerate's `PartialState`)
   every process captions `inputs[rank::world_size]` into its own part file, `OUTPUT.part-RANK-of-WORLD`; when all of

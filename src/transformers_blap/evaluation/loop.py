@@ -1,6 +1,7 @@
 """
-The evaluation loop: caption a benchmark with a BLAP model, keep the predictions in a resumable JSON Lines file, score
-them with the paper's metrics, write `report.json` and print the scores beside Table 1 of the paper.
+The evaluation loop: caption a benchmark with a BLAP model, keep the predictions in a resumable JSON Lines file (a
+[`Journal`](../journal), as `blap caption`'s output is), score them with the paper's metrics, write `report.json` and
+print the scores beside Table 1 of the paper.
 
 Every prediction line carries the fingerprint of what made it: a content hash of the model's weights (with the path or
 Hub id and the Hub revision it was loaded from), the generation settings, the prompt and the long-audio policy. A rerun
