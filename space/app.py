@@ -30,13 +30,13 @@ from transformers import pipeline
 import transformers_blap  # noqa: F401  (registers the "audio-to-text" pipeline)
 from transformers_blap.audio import DEFAULT_MIN_TAIL_S, DEFAULT_WINDOW_S, iter_windows, load_audio, window_bounds
 from transformers_blap.pipeline_audio_to_text import AudioToTextPipeline
+from transformers_blap.tagging import DEFAULT_TAG_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO_ROOT / "demo" / "blap-synthetic"
 DEMO_AUDIO = REPO_ROOT / "examples" / "demo.flac"
-TAG_TEMPLATE = "This is a {} song."
 WAVEFORM_RATE = 2_000  # the waveform drawn under the timeline is decoded at this rate: plenty for an outline
 WAVEFORM_BINS = 600
 TIMELINE_WIDTH, WAVEFORM_HEIGHT, LANE_HEIGHT = 1000, 120, 22
@@ -228,7 +228,7 @@ class BlapSpace:
             for window in iter_windows(audio, extractor.sampling_rate, window_s=window_s, min_tail_s=min_tail_s)
         ]
         scores = dict.fromkeys(labels, 0.0)
-        for result in self.tagger(windows, candidate_labels=labels, hypothesis_template=TAG_TEMPLATE):
+        for result in self.tagger(windows, candidate_labels=labels, hypothesis_template=DEFAULT_TAG_TEMPLATE):
             for entry in result:
                 scores[entry["label"]] += entry["score"] / len(windows)
         return scores

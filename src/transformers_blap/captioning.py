@@ -19,8 +19,8 @@ One line per input, written (and flushed to disk) as soon as the input is done:
   (`"silent"`: see `SILENCE_PEAK_DBFS` in the audio module).
 - **Resume.** A rerun skips every input that already has a caption in the output (and retries the failed ones). A
   line is written whole and flushed to disk before the next input starts; a line cut short by a crash is detected,
-  dropped and its input redone. SIGINT and SIGTERM drop the batch in flight (never a line being written) and raise
-  [`CaptionInterrupted`].
+  dropped and its input redone (the output is a [`Journal`](journal), as `blap evaluate`'s predictions are). SIGINT
+  and SIGTERM drop the batch in flight (never a line being written) and raise [`CaptionInterrupted`].
 - **Overlap.** A background thread decodes, resamples and windows the next inputs while the model captions.
 - **Sharding.** Under `torchrun` / `accelerate launch` (`WORLD_SIZE` > 1, joined through accelerate's `PartialState`)
   every process captions `inputs[rank::world_size]` into its own part file, `OUTPUT.part-RANK-of-WORLD`; when all of
@@ -28,7 +28,6 @@ One line per input, written (and flushed to disk) as soon as the input is done:
   return, each with the whole run's failure count.
 """
 
-import json
 import os
 import queue
 import re
@@ -41,11 +40,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm.auto import tqdm
 from transformers.pipelines.base import pad_collate_fn
 
+from .journal import Journal, error_text, latest_per_key
 from .pipeline_audio_to_text import AudioToTextPipeline
 
 AUDIO_EXTENSIONS = frozenset(
@@ -104,23 +104,16 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ records
 
 
+def _is_caption_record(record: dict[str, Any]) -> bool:
+    return "id" in record or isinstance(record.get("path"), str)
+
+
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     The complete records of a JSON Lines output; a line that is not a JSON object with a `path` or an `id` (e.g. cut
     short by a crash) is skipped.
     """
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and ("id" in record or isinstance(record.get("path"), str)):
-                records.append(record)
-    return records
+    return Journal(path, _is_caption_record).records()
 
 
 def record_key(record: dict[str, Any]) -> str:
@@ -138,23 +131,11 @@ def _has_caption(record: dict[str, Any]) -> bool:
     return isinstance(record.get("caption"), str) and record.get("error") is None
 
 
-def _write_records_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace `path` with `records` so that a crash leaves either the old or the new file, never a mix."""
-    tmp_path = path.with_name(path.name + ".tmp")
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp_path, path)
-
-
 def _prepare_output(path: Path, retry: set[str]) -> None:
     """Drop unreadable lines and the error records of inputs about to be retried (`retry`) from `path`."""
-    if not path.exists():
-        return
-    records = read_records(path)
-    _write_records_atomically(path, [r for r in records if _has_caption(r) or record_key(r) not in retry])
+    Journal(path, _is_caption_record).resume(
+        keep=lambda record: _has_caption(record) or record_key(record) not in retry
+    )
 
 
 def part_path(output: str | os.PathLike, rank: int, world_size: int) -> Path:
@@ -188,17 +169,12 @@ def merge_parts(output: str | os.PathLike, inputs: Sequence[str]) -> list[dict[s
     """
     output = Path(output)
     parts = _part_files(output)
-    latest: dict[str, dict[str, Any]] = {}
-    for source in [output, *parts]:
-        for record in read_records(source):
-            key = record_key(record)
-            previous = latest.get(key)
-            if previous is None or _has_caption(record) or not _has_caption(previous):
-                latest[key] = record
+    records = (record for source in [output, *parts] for record in read_records(source))
+    latest = latest_per_key(records, record_key, settled=_has_caption)
     wanted = set(inputs)
     others = [record for path, record in latest.items() if path not in wanted]
     ours = [latest[path] for path in inputs if path in latest]
-    _write_records_atomically(output, others + ours)
+    Journal(output).rewrite(others + ours)
     for part in parts:
         part.unlink()
     return ours
@@ -302,29 +278,21 @@ class _Track:
         return cls(path, path, {"path": path})
 
 
-def _error_text(error: BaseException) -> str:
-    """One line: the error's class and message, whitespace folded."""
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
 class _Writer:
-    """Appends one JSON line per finished input and makes it durable before going on."""
+    """Appends one JSON line per finished input to the journal (durable before going on) and counts it."""
 
     def __init__(
-        self, handle: TextIO, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard, tagger: Any = None
+        self, journal: Journal, summary: CaptionSummary, progress: tqdm, guard: _SignalGuard, tagger: Any = None
     ):
-        self.handle = handle
+        self.journal = journal
         self.summary = summary
         self.progress = progress
         self.guard = guard
         self.tagger = tagger
 
     def write(self, key: str, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self.guard.writing():
-            self.handle.write(line)
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
+            self.journal.append(record)
             if record["error"] is None:
                 self.summary.captioned += 1
             else:
@@ -351,7 +319,7 @@ class _Writer:
         record = {**track.head, "caption": None, "windows": [], "duration": None}
         if self.tagger is not None:
             record["tags"] = []
-        self.write(track.key, {**record, "warnings": [], "error": _error_text(error)})
+        self.write(track.key, {**record, "warnings": [], "error": error_text(error)})
 
 
 _PREFETCH_JOIN_S = 5.0  # the longest an ending run waits for the decoding thread (a daemon: it cannot hold the exit)
@@ -497,19 +465,16 @@ def _caption_tracks(
     decoding thread); `summary` holds the inputs skipped so far (a lazy `tracks` may add to them) and is returned."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
-    preprocess_params, forward_params, postprocess_params = pipe._sanitize_parameters(**pipeline_kwargs)
-    preprocess_params = {**pipe._preprocess_params, **preprocess_params}
+    preprocess_params, forward_params, postprocess_params = pipe.call_parameters(**pipeline_kwargs)
     pipe.window_settings(*(preprocess_params.get(name) for name in ("window_s", "hop_s", "min_tail_s")))
     pipe.prompt_tokens(preprocess_params.get("prompt"))  # tokenized here, once, not in the decoding thread
-    forward_params = {**pipe._forward_params, **forward_params}
-    postprocess_params = {**pipe._postprocess_params, **postprocess_params}
     collate = pad_collate_fn(pipe.tokenizer, pipe.feature_extractor)
     sampling_rate = pipe.feature_extractor.sampling_rate
     guard = _SignalGuard()
 
     bar = tqdm(total=total, unit="file", desc=progress_description, file=sys.stderr, disable=not progress)
-    with guard.installed(), open(output, "a", encoding="utf-8") as handle, bar:
-        writer = _Writer(handle, summary, bar, guard, tagger)
+    with guard.installed(), Journal(output) as journal, bar:
+        writer = _Writer(journal, summary, bar, guard, tagger)
 
         def finish_if_done(track: _Track) -> None:
             if track.failed or not track.decoded or len(track.outputs) < track.queued:

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import datasets
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from .captioning import _has_caption, read_records
+from .journal import latest_per_key
 
 FEATURES = datasets.Features(
     {
@@ -70,11 +72,7 @@ def latest_records(journal: str | os.PathLike) -> tuple[list[dict[str, Any]], di
     """
     if not Path(journal).is_file():
         raise FileNotFoundError(f"{journal}: no such captions file (the JSON Lines output of `blap caption`).")
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_records(journal):
-        previous = latest.get(record["path"])
-        if previous is None or _has_caption(record) or not _has_caption(previous):
-            latest[record["path"]] = record
+    latest = latest_per_key(read_records(journal), itemgetter("path"), settled=_has_caption)
     captioned = [record for record in latest.values() if _has_caption(record)]
     failures = {
         path: str(record.get("error") or "no caption") for path, record in latest.items() if not _has_caption(record)

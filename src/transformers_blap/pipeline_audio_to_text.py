@@ -122,6 +122,24 @@ class AudioToTextPipeline(ChunkPipeline):
         forward_params = {**(generate_kwargs or {}), **kwargs}
         return preprocess_params, {"generate_kwargs": forward_params}, {}
 
+    def call_parameters(self, **kwargs) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """
+        The keyword arguments that a call with `kwargs` (the options of `__call__`, but `batch_size`) gives
+        `preprocess`, `forward` and `postprocess`: the call's options over those the pipeline was created with, as
+        `__call__` combines them. For a caller that runs the three steps itself (the batch captioner decodes in a
+        thread of its own and batches the windows of several inputs together).
+
+        Returns:
+            `(preprocess_params, forward_params, postprocess_params)`.
+        """
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        # `Pipeline.__init__` keeps what `_sanitize_parameters` made of the creation options in these attributes.
+        return (
+            {**self._preprocess_params, **preprocess_params},
+            {**self._forward_params, **forward_params},
+            {**self._postprocess_params, **postprocess_params},
+        )
+
     def preprocess(
         self,
         inputs: Any,

@@ -1,6 +1,7 @@
 """
-The evaluation loop: caption a benchmark with a BLAP model, keep the predictions in a resumable JSON Lines file, score
-them with the paper's metrics, write `report.json` and print the scores beside Table 1 of the paper.
+The evaluation loop: caption a benchmark with a BLAP model, keep the predictions in a resumable JSON Lines file (a
+[`Journal`](../journal), as `blap caption`'s output is), score them with the paper's metrics, write `report.json` and
+print the scores beside Table 1 of the paper.
 
 Every prediction line carries the fingerprint of what made it: a content hash of the model's weights (with the path or
 Hub id and the Hub revision it was loaded from), the generation settings, the prompt and the long-audio policy. A rerun
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from ..audio import load_audio
+from ..journal import Journal, error_text, latest_per_key
 from .benchmarks import Benchmark, BenchmarkClip
 from .metrics import ALL_METRICS, CaptionScorer
 from .report import format_table1, published_rows
@@ -32,10 +35,13 @@ def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     return load_audio(path, sampling_rate=sampling_rate)
 
 
+def _is_prediction(record: dict[str, Any]) -> bool:
+    return "clip_id" in record
+
+
 def read_prediction_records(path: str | os.PathLike, benchmark_name: str) -> list[dict[str, Any]]:
     """
-    Every record of a predictions file, in file order. Lines cut short by an interrupted run are dropped (and the file
-    rewritten without them, so that new records start on a fresh line).
+    Every record of a predictions file, in file order; a line cut short by an interrupted run is skipped.
 
     Args:
         path (`str` or `os.PathLike`): the JSON Lines file (absent: no records).
@@ -44,30 +50,13 @@ def read_prediction_records(path: str | os.PathLike, benchmark_name: str) -> lis
     Returns:
         `list[dict]`: the records (`{"benchmark", "clip_id", "audio_path", "caption" or "error", "fingerprint", ...}`).
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    records, kept_lines, dropped = [], [], 0
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-            record["clip_id"]
-        except (json.JSONDecodeError, TypeError, KeyError):
-            dropped += 1
-            continue
+    records = Journal(path, _is_prediction).records()
+    for record in records:
         if record.get("benchmark") != benchmark_name:
             raise ValueError(
                 f"{path} holds predictions for benchmark {record.get('benchmark')!r}, not {benchmark_name!r}: "
                 "use another output folder"
             )
-        records.append(record)
-        kept_lines.append(line)
-    if dropped or (text and not text.endswith("\n")):
-        logger.warning("%s: dropping %d unreadable line(s) left by an interrupted run", path, dropped)
-        temporary = path.with_suffix(".jsonl.tmp")
-        temporary.write_text("".join(line + "\n" for line in kept_lines), encoding="utf-8")
-        os.replace(temporary, path)
     return records
 
 
@@ -86,11 +75,9 @@ def read_predictions(
     Returns:
         `dict[str, dict]`: clip id -> record.
     """
-    return {
-        record["clip_id"]: record
-        for record in read_prediction_records(path, benchmark_name)
-        if fingerprint is None or record.get("fingerprint") == fingerprint
-    }
+    records = read_prediction_records(path, benchmark_name)
+    mine = (record for record in records if fingerprint is None or record.get("fingerprint") == fingerprint)
+    return latest_per_key(mine, itemgetter("clip_id"))
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -139,10 +126,6 @@ def prediction_fingerprint(
     }
 
 
-def _error_text(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 def _generation_settings(model, generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The generation settings in effect: the model's generation config (what differs from the defaults), overridden
     by `generate_kwargs`, in name order."""
@@ -177,8 +160,9 @@ def generate_predictions(
 ) -> dict[str, dict[str, Any]]:
     """
     Captions the clips of `benchmark` that `predictions_path` does not hold a caption for yet from this model with
-    these settings (the same fingerprint, see `prediction_fingerprint`), appending one JSON line per clip after each
-    batch; each line carries the fingerprint. A clip whose audio cannot be decoded, or whose batch fails in
+    these settings (the same fingerprint, see `prediction_fingerprint`), appending one JSON line per clip (on disk
+    before the next batch starts); each line carries the fingerprint. A line cut short by an interrupted run is
+    dropped first. A clip whose audio cannot be decoded, or whose batch fails in
     `generate`, gets an `"error"` record and the run goes on; the next run retries it. `identity` is what
     `prediction_fingerprint(model, processor, generate_kwargs)` returns (computed when not given).
 
@@ -198,12 +182,16 @@ def generate_predictions(
         )
     sampling_rate = processor.feature_extractor.sampling_rate
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(predictions_path, _is_prediction)
+    dropped = journal.resume()
+    if dropped:
+        logger.warning("%s: dropping %d unreadable line(s) left by an interrupted run", predictions_path, dropped)
 
     def record(clip: BenchmarkClip, outcome: dict[str, Any]) -> dict[str, Any]:
         base = {"benchmark": benchmark.name, "clip_id": clip.clip_id, "audio_path": str(clip.audio_path)}
         return {**base, **outcome, **identity}
 
-    with predictions_path.open("a", encoding="utf-8") as file:
+    with journal:
         for start in range(0, len(todo), batch_size):
             new_records, loaded, waveforms = [], [], []
             for clip in todo[start : start + batch_size]:
@@ -211,7 +199,7 @@ def generate_predictions(
                     waveforms.append(load_audio(clip.audio_path, sampling_rate))
                     loaded.append(clip)
                 except Exception as error:
-                    new_records.append(record(clip, {"error": _error_text(error)}))
+                    new_records.append(record(clip, {"error": error_text(error)}))
             if loaded:
                 try:
                     captions = _caption_batch(model, processor, loaded, waveforms, generate_kwargs)
@@ -220,12 +208,11 @@ def generate_predictions(
                         for clip, caption in zip(loaded, captions)
                     ]
                 except Exception as error:
-                    outcomes = [{"error": _error_text(error)}] * len(loaded)
+                    outcomes = [{"error": error_text(error)}] * len(loaded)
                 new_records += [record(clip, outcome) for clip, outcome in zip(loaded, outcomes)]
             for new_record in new_records:
                 records[new_record["clip_id"]] = new_record
-                file.write(json.dumps(new_record, ensure_ascii=False) + "\n")
-            file.flush()
+                journal.append(new_record)
     return records
 
 
