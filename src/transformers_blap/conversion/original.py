@@ -54,7 +54,7 @@ from ..feature_extraction_blap import BlapFeatureExtractor
 from ..hub import PAPER_RESULTS, push_folder, render_model_card
 from ..modeling_blap import BlapForConditionalGeneration
 from ..processing_blap import BlapProcessor
-from .htsat import convert_htsat_state_dict, htsat_config_from_state_dict
+from .htsat import convert_htsat_state_dict, htsat_config_from_state_dict, renamed
 from .parts import exact_gelu_t5_config, qformer_config_from_bert
 from .validation import ConversionError, check_state_dict_matches, format_key_problems
 
@@ -625,14 +625,10 @@ def convert_original_state_dict(
             continue
         elif key.startswith("t5_model."):
             converted["language_model." + key[len("t5_model.") :]] = tensor
+        elif (target := renamed(key, _QFORMER_RENAMES)) is not None:
+            converted[target] = tensor
         else:
-            for pattern, template in _QFORMER_RENAMES:
-                match = pattern.fullmatch(key)
-                if match is not None:
-                    converted[match.expand(template)] = tensor
-                    break
-            else:
-                unknown.append(key)
+            unknown.append(key)
     if unknown:
         raise ConversionError(format_key_problems("The original checkpoint", unknown=unknown))
 
