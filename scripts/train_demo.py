@@ -14,7 +14,7 @@ Steps, all through the package's real code paths:
    tokenizer trained on the training captions; a small HTS-AT (`ClapAudioModel`) and a small BERT, randomly
    initialised; a small T5 pretrained on the training captions' text alone (it learns to write a caption from its
    shuffled, partly dropped words and the prompt), standing in for Flan-T5's language pretraining.
-3. Stage 1: `scripts/train_stage1.py` (`BlapForRepresentationLearning.from_pretrained_parts` + `BlapStage1Trainer`,
+3. Stage 1: `scripts/train_stage1.py` (`stage1_from_pretrained_parts` + `BlapStage1Trainer`,
    ATC + ATM + LM losses, audio encoder fine-tuned).
 4. Stage 2: `scripts/train_stage2.py` (`load_stage2_model` from the stage-1 checkpoint + the T5, `BlapDataCollator`,
    `BlapStage2Trainer`; audio encoder and T5 frozen).
@@ -63,6 +63,7 @@ from transformers_blap import (
     BlapStage1Processor,
     build_qformer_tokenizer,
 )
+from transformers_blap.conversion import stage1_from_pretrained_parts
 from transformers_blap.hub import CARD_LIBRARY_NAME, CARD_PIPELINE_TAG
 from transformers_blap.modeling_blap import untie_lm_head
 from transformers_blap.synthetic import (
@@ -224,7 +225,7 @@ def pretrain_language_model(
 def build_parts(parts_dir: Path, captions: list[str], variant: Variant, seed: int) -> dict[str, Path]:
     """
     Tokenizers, the feature extractor and the models BLAP is assembled from, saved under `parts_dir`; and the stage-1
-    starting point built from them by `BlapForRepresentationLearning.from_pretrained_parts`.
+    starting point built from them by `transformers_blap.conversion.stage1_from_pretrained_parts`.
     """
     paths = {
         name: parts_dir / name
@@ -250,7 +251,7 @@ def build_parts(parts_dir: Path, captions: list[str], variant: Variant, seed: in
     language_model.save_pretrained(paths["language_model"])
     t5_tokenizer.save_pretrained(paths["language_model"])
 
-    stage1 = BlapForRepresentationLearning.from_pretrained_parts(
+    stage1 = stage1_from_pretrained_parts(
         paths["audio_encoder"],
         paths["qformer"],
         paths["language_model"],

@@ -37,6 +37,7 @@ from transformers_blap import (
     build_qformer_tokenizer,
 )
 from transformers_blap.cli import quiet_third_party_startup
+from transformers_blap.conversion import stage1_from_pretrained_parts
 
 # bitsandbytes (imported by peft) logs an optional-kernel warning at import on some CPUs: dropped, nothing else.
 quiet_third_party_startup()
@@ -87,7 +88,7 @@ def build_model_and_processor(args: Stage1ModelArguments):
             return model, BlapStage1Processor.from_pretrained(args.model)
         tokenizer_source = args.model if (Path(args.model) / "tokenizer_config.json").is_file() else args.qformer
     else:
-        model = BlapForRepresentationLearning.from_pretrained_parts(
+        model = stage1_from_pretrained_parts(
             args.audio_encoder,
             args.qformer,
             args.language_model,

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM, ClapAudioModel
 
-from transformers_blap import BlapFeatureExtractor, BlapForRepresentationLearning
+from transformers_blap import BlapFeatureExtractor
 from transformers_blap.cli import main as blap_main
-from transformers_blap.conversion import ConversionError
+from transformers_blap.conversion import ConversionError, stage1_from_pretrained_parts
 
 from laion_clap_oracle import htsat_audio_cfg, laion_clap_checkpoint, random_laion_htsat
 
@@ -88,9 +88,9 @@ def test_converted_audio_tower_equals_laion_clap(oracle, input_features):
 
 @pytest.mark.parametrize("oracle", ["tiny"], indirect=True)
 def test_stage1_from_a_laion_clap_checkpoint(oracle, input_features, fixture_dir):
-    """`from_pretrained_parts` takes the `.pt` itself: the same audio tower as the converted folder, same tokens."""
+    """`stage1_from_pretrained_parts` takes the `.pt` itself: the audio tower of the converted folder, same tokens."""
     bert = BertForMaskedLM(BertConfig.from_pretrained(fixture_dir / "bert-base-uncased")).eval()
-    model = BlapForRepresentationLearning.from_pretrained_parts(oracle["checkpoint"], bert, num_query_tokens=4)
+    model = stage1_from_pretrained_parts(oracle["checkpoint"], bert, num_query_tokens=4)
     converted = ClapAudioModel.from_pretrained(oracle["converted"])
     assert model.config.audio_config.patch_embeds_hidden_size == 96 and model.config.num_query_tokens == 4
     for name, tensor in converted.state_dict().items():
@@ -111,4 +111,4 @@ def test_laion_clap_checkpoints_load_weights_only(tmp_path, fixture_dir):
     with pytest.raises(
         ConversionError, match=r"(?s)Cannot read the LAION CLAP checkpoint .*Unsupported global.*allow_pickle"
     ):
-        BlapForRepresentationLearning.from_pretrained_parts(unsafe, bert)
+        stage1_from_pretrained_parts(unsafe, bert)

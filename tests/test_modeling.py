@@ -204,6 +204,21 @@ def test_qformer_and_queries_stay_float32_in_bfloat16(tmp_path, processor):
     assert ids.shape[0] == 2
 
 
+def test_every_part_follows_the_requested_dtype_and_attention():
+    """The dtype and attention implementation asked of the whole model reach the audio encoder, Q-Former and T5."""
+    model = AutoModelForSpeechSeq2Seq.from_config(tiny_config(), dtype=torch.bfloat16, attn_implementation="eager")
+    parts = {
+        "audio_encoder": model.audio_encoder,
+        "qformer": model.qformer,
+        "language_model": model.language_model,
+        "language_model.encoder": model.language_model.encoder,
+        "language_model.decoder": model.language_model.decoder,
+    }
+    assert {name: part.dtype for name, part in parts.items()} == dict.fromkeys(parts, torch.bfloat16)
+    implementations = {name: part.config._attn_implementation for name, part in parts.items()}
+    assert implementations == dict.fromkeys(parts, "eager")
+
+
 def test_bad_inputs_raise_clear_errors(processor):
     model = _model()
     inputs = processor(audio=_clips(2), sampling_rate=16_000)

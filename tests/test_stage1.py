@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import logging as hf_logging
 
 from transformers_blap import BlapForConditionalGeneration, BlapForRepresentationLearning
+from transformers_blap.conversion import stage1_from_pretrained_parts
 
 from tiny import tiny_stage1_config
 
@@ -255,10 +256,21 @@ def test_stage1_checkpoint_initialises_stage2_cleanly(tmp_path, caplog):
     assert not any(key.startswith(("language_model.", "language_projection.")) for key in saved_keys)
     assert any(".intermediate.dense." in key for key in saved_keys)  # the text FFN travels in the stage-1 file
 
+    assert not any("position_ids" in key for key in saved_keys)  # Blip-2's text embeddings: a non-persistent buffer
+
     reloaded = BlapForRepresentationLearning.from_pretrained(tmp_path)
     for name, tensor in stage1.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     assert reloaded.lm_head.decoder.weight is reloaded.text_embeddings.word_embeddings.weight
+    # Loading builds the model on the meta device: the position ids are filled in again, and the text embeds alike.
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded.get_text_embeddings(batch["input_ids"], batch["attention_mask"]),
+            stage1.get_text_embeddings(batch["input_ids"], batch["attention_mask"]),
+            rtol=0,
+            atol=0,
+        )
 
     hf_logging.enable_propagation()
     try:
@@ -584,7 +596,7 @@ def _tiny_clap_model():
     return ClapModel(ClapConfig(audio_config=TINY_AUDIO, text_config=text, projection_dim=8))
 
 
-def test_from_pretrained_parts_clap_bert_t5(fixture_dir, tmp_path):
+def test_stage1_from_pretrained_parts_clap_bert_t5(fixture_dir, tmp_path):
     from transformers import BertForMaskedLM
 
     from transformers_blap import build_qformer_tokenizer
@@ -592,7 +604,7 @@ def test_from_pretrained_parts_clap_bert_t5(fixture_dir, tmp_path):
     clap = _tiny_clap_model()
     clap.save_pretrained(tmp_path / "clap")
     bert_dir = fixture_dir / "bert-base-uncased"
-    model = BlapForRepresentationLearning.from_pretrained_parts(
+    model = stage1_from_pretrained_parts(
         tmp_path / "clap", bert_dir, fixture_dir / "flan-t5-tiny", num_query_tokens=4, embed_dim=8
     )
     bert = BertForMaskedLM.from_pretrained(bert_dir, dtype=torch.float32)
@@ -641,15 +653,15 @@ def test_from_pretrained_parts_clap_bert_t5(fixture_dir, tmp_path):
     torch.testing.assert_close(reloaded.qformer.layernorm.weight, model.qformer.layernorm.weight)
 
     # Loaded parts work as well as paths; bad parts are named.
-    from_models = BlapForRepresentationLearning.from_pretrained_parts(clap.audio_model, bert.bert, num_query_tokens=4)
+    from_models = stage1_from_pretrained_parts(clap.audio_model, bert.bert, num_query_tokens=4)
     torch.testing.assert_close(
         from_models.text_embeddings.position_embeddings.weight, model.text_embeddings.position_embeddings.weight
     )
     assert from_models.config.text_config.d_model == 2048  # Flan-T5-XL by default
     with pytest.raises(ValueError, match="not a CLAP checkpoint"):
-        BlapForRepresentationLearning.from_pretrained_parts(bert_dir, bert_dir)
+        stage1_from_pretrained_parts(bert_dir, bert_dir)
     with pytest.raises(TypeError, match="BERT"):
-        BlapForRepresentationLearning.from_pretrained_parts(clap, clap)
+        stage1_from_pretrained_parts(clap, clap)
 
 
 # ---------------------------------------------------------------------------------------------- script
@@ -868,11 +880,11 @@ def test_raw_laion_clap_checkpoint_converts_to_the_audio_encoder_the_original_ra
         )
     assert (tokens - reference["audio_embeds"]).abs().max().item() < 1e-5
 
-    # CLI: a ClapAudioModel folder that from_pretrained_parts takes as the audio encoder.
+    # CLI: a ClapAudioModel folder that stage1_from_pretrained_parts takes as the audio encoder.
     assert main([str(tmp_path / "clap.pt"), str(tmp_path / "clap-audio"), "--variant", "tiny"]) == 0
     assert main([str(tmp_path / "clap.pt"), str(tmp_path / "wrong"), "--variant", "base"]) == 2
     assert not (tmp_path / "wrong").exists()
-    model = BlapForRepresentationLearning.from_pretrained_parts(
+    model = stage1_from_pretrained_parts(
         tmp_path / "clap-audio", fixture_dir / "bert-base-uncased", num_query_tokens=4
     )
     for name, tensor in audio.state_dict().items():

@@ -4,7 +4,6 @@ import contextlib
 import copy
 import importlib
 import os
-import re
 from dataclasses import dataclass
 
 import torch
@@ -13,21 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AttentionInterface,
-    AutoConfig,
-    BertForMaskedLM,
-    BertForPreTraining,
-    BertModel,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
     Blip2QFormerConfig,
-    Blip2QFormerModel,
     Cache,
-    ClapAudioConfig,
     ClapAudioModel,
-    ClapConfig,
-    ClapModel,
     DynamicCache,
     EncoderDecoderCache,
     GenerationConfig,
-    T5Config,
     T5ForConditionalGeneration,
 )
 from transformers import initialization as init
@@ -38,9 +30,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, Seq2SeqLMOutput
 from transformers.modeling_utils import PreTrainedModel
+from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 from transformers.utils import ModelOutput
 
-from .configuration_blap import BlapConfig, conversion_module, original_release_source
+from .configuration_blap import BlapConfig, original_release_source
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
@@ -81,7 +74,12 @@ class BlapForConditionalGenerationModelOutput(ModelOutput):
 
 
 class BlapPreTrainedModel(PreTrainedModel):
-    """Weight initialisation and the loading/saving machinery shared by the BLAP models."""
+    """
+    What the BLAP models share: the audio path (`audio_encoder` (`ClapAudioModel`), `audio_layernorm`, `query_tokens`,
+    `qformer` (`Blip2QFormerModel`), with the same parameter names in both, so that a stage-1 checkpoint initialises
+    stage 2), the float32 Q-Former under mixed precision, frozen modules held in eval mode, weight initialisation and
+    the loading/saving machinery.
+    """
 
     config: BlapConfig
     config_class = BlapConfig
@@ -97,11 +95,138 @@ class BlapPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ClapAudioLayer", "Blip2QFormerLayer", "T5Block"]
     _skip_keys_device_placement = ["past_key_values"]
 
+    # Top-level modules held in eval mode whatever `train()` says (frozen ones: BatchNorm statistics never move).
+    _frozen_eval_modules: tuple[str, ...] = ()
+
+    def __init__(self, config: BlapConfig, qformer_text_input: bool = False):
+        """
+        Build the audio path.
+
+        Args:
+            config ([`BlapConfig`]).
+            qformer_text_input (`bool`, *optional*, defaults to `False`): build the Q-Former's text feed-forward layers
+                (stage 1) whatever `qformer_config.use_qformer_text_input` says. The flag is set only while they are
+                built, so the configuration keeps its stage-2 value and a stage-1 checkpoint initialises
+                [`BlapForConditionalGeneration`] without them.
+        """
+        super().__init__(config)
+        qformer_config = config.qformer_config
+        # Sub-models are built in the dtype and attention implementation that `from_pretrained` / `from_config` set
+        # for the whole model (the default dtype while it builds; the sub-configs' `_attn_implementation`).
+        self.audio_encoder = ClapAudioModel(config.audio_config)
+        self.audio_layernorm = nn.LayerNorm(config.audio_config.hidden_size)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_config.hidden_size))
+        use_text_input = qformer_config.use_qformer_text_input
+        qformer_config.use_qformer_text_input = use_text_input or qformer_text_input
+        try:
+            self.qformer = AutoModel.from_config(qformer_config)
+        finally:
+            qformer_config.use_qformer_text_input = use_text_input
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, BlapPreTrainedModel) and hasattr(module, "query_tokens"):
+        if isinstance(module, BlapPreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
+
+    # ------------------------------------------------------------------ audio path
+
+    def _check_input_features(self, input_features: torch.Tensor | None) -> None:
+        """Clear errors for missing or mis-shaped log-mel input."""
+        if input_features is None:
+            raise ValueError(
+                "`input_features` is required: the log-mel spectrogram from BlapProcessor / BlapFeatureExtractor,"
+                " shape (batch_size, 1, num_frames, num_mel_bins)."
+            )
+        audio_config = self.config.audio_config
+        max_frames = audio_config.spec_size * (audio_config.spec_size // audio_config.num_mel_bins)
+        if (
+            input_features.ndim != 4
+            or input_features.shape[1] != 1
+            or input_features.shape[3] != audio_config.num_mel_bins
+            or input_features.shape[2] > max_frames
+        ):
+            raise ValueError(
+                f"`input_features` must have shape (batch_size, 1, num_frames <= {max_frames},"
+                f" {audio_config.num_mel_bins}), got {tuple(input_features.shape)}."
+            )
+
+    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        """
+        Audio tokens after the audio LayerNorm.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(batch_size, 1, num_frames, num_mel_bins)`): log-mel.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_audio_tokens, audio_hidden_size)`: HTS-AT's last hidden
+            state averaged over its frequency axis, one token per time step (32 for a 10 s window).
+        """
+        self._check_input_features(input_features)
+        dtype = self.audio_encoder.audio_encoder.patch_embed.proj.weight.dtype
+        hidden = self.audio_encoder(input_features=input_features.to(dtype)).last_hidden_state  # (B, C, F, T)
+        audio_embeds = hidden.mean(dim=2).transpose(1, 2)
+        return self.audio_layernorm(audio_embeds.to(self.audio_layernorm.weight.dtype))
+
+    def _qformer_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """
+        Autocast off around the Q-Former while it is float32 (`_keep_in_fp32_modules_strict`), so that mixed precision
+        does not run it in half precision; a no-op otherwise.
+        """
+        if (
+            self.qformer.layernorm.weight.dtype == torch.float32
+            and torch.amp.is_autocast_available(device.type)
+            and torch.is_autocast_enabled(device.type)
+        ):
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def get_qformer_features(
+        self, input_features: torch.Tensor | None = None, audio_embeds: torch.Tensor | None = None
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        """
+        Q-Former output for the learned queries.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(batch_size, 1, num_frames, num_mel_bins)`, *optional*).
+            audio_embeds (`torch.FloatTensor` of shape `(batch_size, num_audio_tokens, audio_hidden_size)`,
+                *optional*): pass instead of `input_features` to reuse computed audio tokens.
+
+        Returns:
+            [`BaseModelOutputWithPoolingAndCrossAttentions`] whose `last_hidden_state` has shape
+            `(batch_size, num_query_tokens, qformer_hidden_size)`.
+        """
+        if audio_embeds is None:
+            audio_embeds = self.get_audio_features(input_features)
+        query_tokens = self.query_tokens.expand(audio_embeds.shape[0], -1, -1)
+        with self._qformer_precision(audio_embeds.device):
+            return self.qformer(
+                query_embeds=query_tokens,
+                encoder_hidden_states=audio_embeds.to(query_tokens.dtype),
+                return_dict=True,
+            )
+
+    # ---------------------------------------------------------------- training
+
+    def _freeze(self, frozen: tuple[str, ...], held_in_eval: tuple[str, ...]) -> list[str]:
+        """
+        Freeze the parameters of the `frozen` top-level modules and unfreeze the rest; hold the `held_in_eval` modules
+        in eval mode from now on (`train()` leaves them there).
+
+        Returns:
+            `list[str]`: the names of the trainable parameters.
+        """
+        for name, param in self.named_parameters():
+            param.requires_grad = name.split(".", 1)[0] not in frozen
+        self._frozen_eval_modules = held_in_eval
+        self.train(self.training)
+        return [name for name, param in self.named_parameters() if param.requires_grad]
+
+    def train(self, mode: bool = True) -> "BlapPreTrainedModel":
+        super().train(mode)
+        for name in self._frozen_eval_modules:
+            getattr(self, name).eval()
+        return self
 
 
 def caption_loss(
@@ -341,12 +466,8 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: BlapConfig):
         super().__init__(config)
-        self.audio_encoder = ClapAudioModel._from_config(config.audio_config)
-        self.audio_layernorm = nn.LayerNorm(config.audio_config.hidden_size)
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.d_model)
-        self.language_model = T5ForConditionalGeneration._from_config(config.text_config)
+        self.language_model = AutoModelForSeq2SeqLM.from_config(config.text_config)
         if not config.text_config.scale_decoder_outputs:
             untie_lm_head(self.language_model)
         self.post_init()
@@ -408,26 +529,6 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ inputs
 
-    def _check_input_features(self, input_features: torch.Tensor | None) -> None:
-        """Clear errors for missing or mis-shaped log-mel input."""
-        if input_features is None:
-            raise ValueError(
-                "`input_features` is required: the log-mel spectrogram from BlapProcessor / BlapFeatureExtractor,"
-                " shape (batch_size, 1, num_frames, num_mel_bins)."
-            )
-        audio_config = self.config.audio_config
-        max_frames = audio_config.spec_size * (audio_config.spec_size // audio_config.num_mel_bins)
-        if (
-            input_features.ndim != 4
-            or input_features.shape[1] != 1
-            or input_features.shape[3] != audio_config.num_mel_bins
-            or input_features.shape[2] > max_frames
-        ):
-            raise ValueError(
-                f"`input_features` must have shape (batch_size, 1, num_frames <= {max_frames},"
-                f" {audio_config.num_mel_bins}), got {tuple(input_features.shape)}."
-            )
-
     @staticmethod
     def _check_prompt(
         input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch_size: int, name: str = "input_ids"
@@ -458,57 +559,6 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             stack.config._attn_implementation = implementation
 
     # ---------------------------------------------------------------- features
-
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        """
-        Audio tokens after the audio LayerNorm.
-
-        Args:
-            input_features (`torch.FloatTensor` of shape `(batch_size, 1, num_frames, num_mel_bins)`): log-mel.
-
-        Returns:
-            `torch.FloatTensor` of shape `(batch_size, num_audio_tokens, audio_hidden_size)`: HTS-AT's last hidden
-            state averaged over its frequency axis, one token per time step (32 for a 10 s window).
-        """
-        self._check_input_features(input_features)
-        dtype = self.audio_encoder.audio_encoder.patch_embed.proj.weight.dtype
-        hidden = self.audio_encoder(input_features=input_features.to(dtype)).last_hidden_state  # (B, C, F, T)
-        audio_embeds = hidden.mean(dim=2).transpose(1, 2)
-        return self.audio_layernorm(audio_embeds.to(self.audio_layernorm.weight.dtype))
-
-    def get_qformer_features(
-        self, input_features: torch.Tensor | None = None, audio_embeds: torch.Tensor | None = None
-    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
-        """
-        Q-Former output for the learned queries.
-
-        Args:
-            input_features (`torch.FloatTensor` of shape `(batch_size, 1, num_frames, num_mel_bins)`, *optional*).
-            audio_embeds (`torch.FloatTensor` of shape `(batch_size, num_audio_tokens, audio_hidden_size)`,
-                *optional*): pass instead of `input_features` to reuse computed audio tokens.
-
-        Returns:
-            [`BaseModelOutputWithPoolingAndCrossAttentions`] whose `last_hidden_state` has shape
-            `(batch_size, num_query_tokens, qformer_hidden_size)`.
-        """
-        if audio_embeds is None:
-            audio_embeds = self.get_audio_features(input_features)
-        query_tokens = self.query_tokens.expand(audio_embeds.shape[0], -1, -1)
-        # The Q-Former is kept in float32 (`_keep_in_fp32_modules`); mixed-precision autocast must not run it in half.
-        device_type = audio_embeds.device.type
-        autocast_off = (
-            torch.autocast(device_type=device_type, enabled=False)
-            if query_tokens.dtype == torch.float32
-            and torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)
-            else contextlib.nullcontext()
-        )
-        with autocast_off:
-            return self.qformer(
-                query_embeds=query_tokens,
-                encoder_hidden_states=audio_embeds.to(query_tokens.dtype),
-                return_dict=True,
-            )
 
     def _project_queries(self, query_output: torch.Tensor) -> torch.Tensor:
         """
@@ -753,17 +803,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         Returns:
             `list[str]`: the names of the trainable parameters.
         """
-        for name, param in self.named_parameters():
-            param.requires_grad = not name.startswith(("audio_encoder.", "language_model."))
-        self._frozen_eval_modules = ("audio_encoder",)
-        self.train(self.training)
-        return [name for name, param in self.named_parameters() if param.requires_grad]
-
-    def train(self, mode: bool = True) -> "BlapForConditionalGeneration":
-        super().train(mode)
-        for name in getattr(self, "_frozen_eval_modules", ()):
-            getattr(self, name).eval()
-        return self
+        return self._freeze(frozen=("audio_encoder", "language_model"), held_in_eval=("audio_encoder",))
 
 
 # ====================================================================================================
@@ -819,30 +859,6 @@ class BlapProjection(nn.Module):
         """`(..., in_features)` -> `(..., out_features)`."""
         projected = self.linear1(hidden_states)
         return self.layer_norm(projected + self.dropout(self.linear2(F.gelu(projected))))
-
-
-class BlapQFormerTextEmbeddings(nn.Module):
-    """
-    Word and position embeddings of the Q-Former's text positions (positions count from 0 at the first text token;
-    query tokens have none). The embedding LayerNorm is `Blip2QFormerModel.layernorm`, which normalises queries and
-    text alike.
-    """
-
-    def __init__(self, config: Blip2QFormerConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-
-    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """`(batch_size, text_length)` token ids -> `(batch_size, text_length, hidden_size)`."""
-        length = input_ids.shape[1]
-        if length > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"`input_ids` has {length} tokens but the Q-Former has {self.position_embeddings.num_embeddings}"
-                " positions: truncate the text (the processor's `max_txt_len`)."
-            )
-        positions = torch.arange(length, device=input_ids.device)
-        return self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
 
 
 class BlapQFormerLMHead(nn.Module):
@@ -956,27 +972,18 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
     accepts_loss_kwargs = False
 
     def __init__(self, config: BlapConfig):
-        super().__init__(config)
         qformer_config = config.qformer_config
         if not 0 <= config.qformer_dec_token_id < qformer_config.vocab_size:
             raise ValueError(
                 f"`qformer_dec_token_id` ({config.qformer_dec_token_id}) must be a token of the Q-Former's vocabulary"
                 f" of {qformer_config.vocab_size} (`qformer_config.vocab_size`)."
             )
+        # Stage 1 needs the Q-Former's text feed-forward layers.
+        super().__init__(config, qformer_text_input=True)
         hidden_size = qformer_config.hidden_size
-        self.audio_encoder = ClapAudioModel._from_config(config.audio_config)
-        self.audio_layernorm = nn.LayerNorm(config.audio_config.hidden_size)
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, hidden_size))
-        # Stage 1 needs the Q-Former's text feed-forward layers. The flag is set only while they are built, so the
-        # saved configuration keeps its stage-2 value and a stage-1 checkpoint initialises
-        # BlapForConditionalGeneration without them.
-        use_text_input = qformer_config.use_qformer_text_input
-        qformer_config.use_qformer_text_input = True
-        try:
-            self.qformer = Blip2QFormerModel._from_config(qformer_config)
-        finally:
-            qformer_config.use_qformer_text_input = use_text_input
-        self.text_embeddings = BlapQFormerTextEmbeddings(qformer_config)
+        # Word and position embeddings of the text positions (positions count from 0 at the first text token; query
+        # tokens have none); their LayerNorm is `qformer.layernorm`, which normalises queries and text alike.
+        self.text_embeddings = Blip2TextEmbeddings(qformer_config)
         self.lm_head = BlapQFormerLMHead(qformer_config)
         self.audio_projection = BlapProjection(hidden_size, config.embed_dim, config.projection_dropout)
         self.text_projection = BlapProjection(hidden_size, config.embed_dim, config.projection_dropout)
@@ -989,6 +996,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, BlapForRepresentationLearning):
             init.constant_(module.temperature, self.config.initial_temperature)
+        elif isinstance(module, Blip2TextEmbeddings):  # a non-persistent buffer, never in a checkpoint
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_embeddings.word_embeddings
@@ -1002,11 +1011,6 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head.decoder = new_embeddings
 
-    # The audio path is stage 2's, by construction: same parameters, same code.
-    _check_input_features = BlapForConditionalGeneration._check_input_features
-    get_audio_features = BlapForConditionalGeneration.get_audio_features
-    get_qformer_features = BlapForConditionalGeneration.get_qformer_features
-
     def set_stage1_trainable(self, train_audio_encoder: bool = True) -> list[str]:
         """
         Make every parameter trainable, except the audio encoder's when `train_audio_encoder=False`; a frozen audio
@@ -1016,17 +1020,8 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         Returns:
             `list[str]`: the names of the trainable parameters.
         """
-        for name, param in self.named_parameters():
-            param.requires_grad = train_audio_encoder or not name.startswith("audio_encoder.")
-        self._frozen_eval_modules = () if train_audio_encoder else ("audio_encoder",)
-        self.train(self.training)
-        return [name for name, param in self.named_parameters() if param.requires_grad]
-
-    def train(self, mode: bool = True) -> "BlapForRepresentationLearning":
-        super().train(mode)
-        for name in getattr(self, "_frozen_eval_modules", ()):
-            getattr(self, name).eval()
-        return self
+        frozen = () if train_audio_encoder else ("audio_encoder",)
+        return self._freeze(frozen=frozen, held_in_eval=frozen)
 
     @classmethod
     def from_pretrained(
@@ -1052,156 +1047,6 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
                 f" gives {cls.__name__}, the stage-1 embedding model, whose weights this checkpoint does not have."
             )
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    # ------------------------------------------------------------------ building from pretrained parts
-
-    @classmethod
-    def from_pretrained_parts(
-        cls,
-        audio_encoder: str | os.PathLike | ClapModel | ClapAudioModel,
-        qformer: str | os.PathLike | BertModel | BertForMaskedLM | BertForPreTraining = "bert-base-uncased",
-        language_model: str | os.PathLike | T5Config | None = None,
-        **config_kwargs,
-    ) -> "BlapForRepresentationLearning":
-        r"""
-        A stage-1 model built from pretrained parts, as BLAP was.
-
-        - Audio encoder: a CLAP audio tower in transformers format, e.g. `"laion/clap-htsat-unfused"` or
-          `"laion/larger_clap_music"` (a `ClapModel` checkpoint, whose text tower is dropped) or a `ClapAudioModel`;
-          or the path of a raw LAION CLAP checkpoint file (`.pt`, e.g. `music_audioset_epoch_15_esc_90.14.pt`),
-          converted on the fly (weights-only loading; see `blap convert-laion-clap`). Without feature fusion.
-        - Q-Former: BERT (`"bert-base-uncased"`): its embeddings, self-attention and feed-forward layers; the query
-          feed-forward layers (`intermediate_query`, `output_query`) start as copies of the text ones; the
-          cross-attention layers (every `cross_attention_frequency`-th layer, default 2) and the `[DEC]` embedding are
-          new; the LM head comes from BERT's masked-LM head when the checkpoint has one. BERT's segment embeddings
-          and pooler have no counterpart. The vocabulary grows by one token, `[DEC]`, whose id is BERT's vocabulary
-          size (30522 for bert-base-uncased: what [`build_qformer_tokenizer`] gives).
-        - Language model: only its configuration is read (stage 1 holds no language model; stage 2 loads its
-          weights), with the original's exact-GELU activation. Defaults to Flan-T5-XL's.
-
-        Args:
-            audio_encoder (`str`, `os.PathLike`, `ClapModel` or `ClapAudioModel`): a checkpoint name or folder, a
-                LAION CLAP `.pt` file, or a loaded model.
-            qformer (`str`, `os.PathLike` or a BERT model, *optional*, defaults to `"bert-base-uncased"`).
-            language_model (`str`, `os.PathLike` or `T5Config`, *optional*): the T5 of stage 2.
-            config_kwargs: further [`BlapConfig`] arguments (`num_query_tokens`, `embed_dim`, ...) and
-                `cross_attention_frequency`.
-
-        Returns:
-            [`BlapForRepresentationLearning`], in eval mode (as `from_pretrained` returns models).
-        """
-        audio = cls._load_clap_audio_model(audio_encoder)
-        bert, mlm_head = cls._load_bert(qformer)
-        if language_model is None:
-            text_config = None
-        elif isinstance(language_model, T5Config):
-            text_config = language_model.to_dict()
-        else:
-            text_config = T5Config.from_pretrained(language_model).to_dict()
-        if text_config is not None:
-            text_config["dense_act_fn"] = "gelu"
-        bert_config = bert.config
-        qformer_config = {
-            "vocab_size": bert_config.vocab_size + 1,
-            "hidden_size": bert_config.hidden_size,
-            "num_hidden_layers": bert_config.num_hidden_layers,
-            "num_attention_heads": bert_config.num_attention_heads,
-            "intermediate_size": bert_config.intermediate_size,
-            "hidden_act": bert_config.hidden_act,
-            "hidden_dropout_prob": bert_config.hidden_dropout_prob,
-            "attention_probs_dropout_prob": bert_config.attention_probs_dropout_prob,
-            "max_position_embeddings": bert_config.max_position_embeddings,
-            "layer_norm_eps": bert_config.layer_norm_eps,
-            "pad_token_id": bert_config.pad_token_id,
-            "cross_attention_frequency": config_kwargs.pop("cross_attention_frequency", 2),
-        }
-        config = BlapConfig(
-            audio_config=audio.config.to_dict(),
-            qformer_config=qformer_config,
-            text_config=text_config,
-            qformer_dec_token_id=bert_config.vocab_size,
-            **config_kwargs,
-        )
-        model = cls(config)
-        model.audio_encoder.load_state_dict(audio.state_dict())
-        model._load_bert_weights(bert, mlm_head)
-        return model.eval()
-
-    @staticmethod
-    def _load_clap_audio_model(audio_encoder) -> ClapAudioModel:
-        if isinstance(audio_encoder, (str, os.PathLike)) and os.path.isfile(audio_encoder):
-            # A raw LAION CLAP checkpoint (`.pt`), converted with weights-only loading.
-            laion_clap = conversion_module("laion_clap", f"`audio_encoder` {os.fspath(audio_encoder)!r} is a file;")
-            return laion_clap.convert_laion_clap_checkpoint(audio_encoder)
-        if isinstance(audio_encoder, (str, os.PathLike)):
-            config = AutoConfig.from_pretrained(audio_encoder)
-            if isinstance(config, ClapConfig):
-                return ClapModel.from_pretrained(audio_encoder, dtype=torch.float32).audio_model
-            if isinstance(config, ClapAudioConfig):
-                return ClapAudioModel.from_pretrained(audio_encoder, dtype=torch.float32)
-            raise ValueError(f"`audio_encoder` {audio_encoder!r} is a {type(config).__name__}, not a CLAP checkpoint.")
-        if isinstance(audio_encoder, ClapModel):
-            return audio_encoder.audio_model
-        if isinstance(audio_encoder, ClapAudioModel):
-            return audio_encoder
-        raise TypeError(
-            f"`audio_encoder` must be a CLAP checkpoint or a ClapModel / ClapAudioModel, got {type(audio_encoder)}."
-        )
-
-    @staticmethod
-    def _load_bert(qformer) -> tuple[BertModel, nn.Module | None]:
-        """The BERT encoder and its masked-LM prediction head (None when the checkpoint has none)."""
-        if isinstance(qformer, (str, os.PathLike)):
-            qformer = BertForMaskedLM.from_pretrained(qformer, dtype=torch.float32)
-        if isinstance(qformer, (BertForMaskedLM, BertForPreTraining)):
-            return qformer.bert, qformer.cls.predictions
-        if isinstance(qformer, BertModel):
-            return qformer, None
-        raise TypeError(f"`qformer` must be a BERT checkpoint or a BERT model, got {type(qformer).__name__}.")
-
-    @torch.no_grad()
-    def _load_bert_weights(self, bert: BertModel, mlm_head: nn.Module | None) -> None:
-        """Copy BERT into the Q-Former, its embeddings and LM head (see `from_pretrained_parts`)."""
-        params = dict(self.named_parameters())
-        copies: dict[str, torch.Tensor] = {}
-        for name, tensor in bert.state_dict().items():
-            if name.startswith(("embeddings.token_type_embeddings.", "pooler.")):
-                continue
-            layer = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", name)
-            if name.startswith("embeddings.LayerNorm."):
-                targets = ["qformer.layernorm." + name.rsplit(".", 1)[1]]
-            elif name.startswith("embeddings."):
-                targets = ["text_embeddings." + name[len("embeddings.") :]]
-            elif layer is not None and layer.group(2).startswith("attention.self."):
-                targets = [f"qformer.encoder.layer.{layer.group(1)}.attention.attention.{layer.group(2)[15:]}"]
-            elif layer is not None and layer.group(2).startswith(("intermediate.", "output.")):
-                module, rest = layer.group(2).split(".", 1)
-                prefix = f"qformer.encoder.layer.{layer.group(1)}."
-                targets = [f"{prefix}{module}.{rest}", f"{prefix}{module}_query.{rest}"]
-            elif layer is not None:
-                targets = [f"qformer.encoder.layer.{layer.group(1)}.{layer.group(2)}"]
-            else:
-                raise ValueError(f"Unexpected BERT weight {name!r}: cannot place it in the Q-Former.")
-            for target in targets:
-                copies[target] = tensor
-        if mlm_head is not None:
-            copies["lm_head.dense.weight"] = mlm_head.transform.dense.weight
-            copies["lm_head.dense.bias"] = mlm_head.transform.dense.bias
-            copies["lm_head.layer_norm.weight"] = mlm_head.transform.LayerNorm.weight
-            copies["lm_head.layer_norm.bias"] = mlm_head.transform.LayerNorm.bias
-            copies["lm_head.decoder.bias"] = mlm_head.decoder.bias
-        for target, tensor in copies.items():
-            if target not in params:
-                raise ValueError(f"BERT weight for {target!r} has no place in this Q-Former (layer count mismatch?).")
-            param = params[target]
-            if target in ("text_embeddings.word_embeddings.weight", "lm_head.decoder.bias"):
-                param[: tensor.shape[0]].copy_(tensor)  # the last row / entry is [DEC]'s, new
-            elif param.shape != tensor.shape:
-                raise ValueError(
-                    f"BERT weight for {target!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}."
-                )
-            else:
-                param.copy_(tensor)
 
     # ------------------------------------------------------------------ Q-Former passes
 
@@ -1242,19 +1087,19 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         mask = torch.zeros(batch_size, 1, length, length, dtype=dtype, device=device)
         return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
-    def _qformer_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """Autocast off around a float32 Q-Former (kept in float32), so mixed precision does not run it in half."""
-        if (
-            self.qformer.layernorm.weight.dtype == torch.float32
-            and torch.amp.is_autocast_available(device.type)
-            and torch.is_autocast_enabled(device.type)
-        ):
-            return torch.autocast(device_type=device.type, enabled=False)
-        return contextlib.nullcontext()
+    def _embed_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """`(batch_size, text_length)` token ids -> `(batch_size, text_length, hidden_size)` text embeddings."""
+        num_positions = self.text_embeddings.position_embeddings.num_embeddings
+        if input_ids.shape[1] > num_positions:
+            raise ValueError(
+                f"`input_ids` has {input_ids.shape[1]} tokens but the Q-Former has {num_positions} positions: truncate"
+                " the text (the processor's `max_txt_len`)."
+            )
+        return self.text_embeddings(input_ids=input_ids)
 
     def _text_pass(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text alone through the Q-Former (text feed-forward, no cross-attention): `(batch_size, text_length, H)`."""
-        embeds = self.text_embeddings(input_ids)
+        embeds = self._embed_text(input_ids)
         dtype = self.qformer.layernorm.weight.dtype
         mask = self.audio_text_attention_mask(attention_mask, 0, causal=False, dtype=dtype)
         with self._qformer_precision(embeds.device):
@@ -1272,7 +1117,7 @@ class BlapForRepresentationLearning(BlapPreTrainedModel):
         """
         num_queries = self.query_tokens.shape[1]
         queries = self.query_tokens.expand(input_ids.shape[0], -1, -1)
-        text = self.text_embeddings(input_ids)
+        text = self._embed_text(input_ids)
         embeds = torch.cat([queries, text.to(queries.dtype)], dim=1)
         dtype = self.qformer.layernorm.weight.dtype
         mask = self.audio_text_attention_mask(attention_mask, num_queries, causal, dtype)

@@ -11,7 +11,7 @@ as an error. It also derives the `ClapAudioConfig` from the tensors, so a conver
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import ClapAudioConfig
@@ -81,6 +81,15 @@ _RENAMES = (
 _QKV = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
 
 
+def renamed(name: str, renames: Sequence[tuple[re.Pattern, str]]) -> str | None:
+    """`name` under the first `(pattern, template)` of `renames` whose pattern matches it whole; None if none does."""
+    for pattern, template in renames:
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return match.expand(template)
+    return None
+
+
 def relative_position_index(window_size: int) -> torch.Tensor:
     """
     The Swin relative-position index of a square window: entry `(i, j)` is the row of the bias table holding the bias
@@ -143,13 +152,11 @@ def convert_htsat_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str
                 # A copy: safetensors refuses tensors that share memory, and the chunks are views of one tensor.
                 converted[f"audio_encoder.layers.{layer}.blocks.{block}.attention.self.{part}.{kind}"] = chunk.clone()
             continue
-        for pattern, template in _RENAMES:
-            match = pattern.fullmatch(name)
-            if match is not None:
-                converted[match.expand(template)] = tensor
-                break
-        else:
+        target = renamed(name, _RENAMES)
+        if target is None:
             unknown.append(key)
+        else:
+            converted[target] = tensor
     if not found:
         raise ConversionError(f"The state dict has no HTS-AT weights: no key starts with {prefix!r}.")
     for key, tensor in converted.items():

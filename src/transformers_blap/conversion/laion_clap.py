@@ -1,7 +1,7 @@
 """
 A raw LAION CLAP checkpoint (`.pt`, as `laion_clap`'s `load_ckpt` reads, e.g. `music_audioset_epoch_15_esc_90.14.pt`,
 the music-tuned HTS-AT-base) -> a `transformers.ClapAudioModel` folder, the audio encoder that
-`BlapForRepresentationLearning.from_pretrained_parts` takes.
+`conversion.parts.stage1_from_pretrained_parts` takes.
 
     python -m transformers_blap.conversion.laion_clap music_audioset_epoch_15_esc_90.14.pt clap-audio-music \\
         --variant base

@@ -54,7 +54,8 @@ from ..feature_extraction_blap import BlapFeatureExtractor
 from ..hub import PAPER_RESULTS, push_folder, render_model_card
 from ..modeling_blap import BlapForConditionalGeneration
 from ..processing_blap import BlapProcessor
-from .htsat import convert_htsat_state_dict, htsat_config_from_state_dict
+from .htsat import convert_htsat_state_dict, htsat_config_from_state_dict, renamed
+from .parts import exact_gelu_t5_config, qformer_config_from_bert
 from .validation import ConversionError, check_state_dict_matches, format_key_problems
 
 logger = logging.getLogger(__name__)
@@ -423,19 +424,11 @@ def qformer_config_from_original(
             + "; ".join(problems)
             + "."
         )
-    return Blip2QFormerConfig(
+    # Sizes equal BERT's (checked above).
+    return qformer_config_from_bert(
+        base_config,
         vocab_size=base_config.vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=base_config.num_attention_heads,
-        intermediate_size=intermediate_size,
-        hidden_act=base_config.hidden_act,
-        hidden_dropout_prob=base_config.hidden_dropout_prob,
-        attention_probs_dropout_prob=base_config.attention_probs_dropout_prob,
-        max_position_embeddings=base_config.max_position_embeddings,
         initializer_range=base_config.initializer_range,
-        layer_norm_eps=base_config.layer_norm_eps,
-        pad_token_id=base_config.pad_token_id,
         cross_attention_frequency=frequency,
         encoder_hidden_size=encoder_width,
         use_qformer_text_input=False,
@@ -484,9 +477,7 @@ def text_config_from_original(state_dict: Mapping[str, torch.Tensor], base_confi
             + "; ".join(problems)
             + "."
         )
-    config = T5Config.from_dict(base_config.to_dict())
-    config.dense_act_fn = "gelu"
-    return config
+    return exact_gelu_t5_config(base_config)
 
 
 def blap_config_from_original(
@@ -634,14 +625,10 @@ def convert_original_state_dict(
             continue
         elif key.startswith("t5_model."):
             converted["language_model." + key[len("t5_model.") :]] = tensor
+        elif (target := renamed(key, _QFORMER_RENAMES)) is not None:
+            converted[target] = tensor
         else:
-            for pattern, template in _QFORMER_RENAMES:
-                match = pattern.fullmatch(key)
-                if match is not None:
-                    converted[match.expand(template)] = tensor
-                    break
-            else:
-                unknown.append(key)
+            unknown.append(key)
     if unknown:
         raise ConversionError(format_key_problems("The original checkpoint", unknown=unknown))
 
