@@ -160,6 +160,7 @@ def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs, load_caption_dataset
+    from .conversion.release import model_or_converted_release
 
     if bool(args.inputs) == (args.dataset is not None):
         raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
@@ -182,7 +183,7 @@ def run_caption(args: argparse.Namespace) -> int:
     try:
         pipe = pipeline(
             "audio-to-text",
-            model=args.model,
+            model=model_or_converted_release(args.model),
             device=device,
             dtype=resolve_dtype(args.dtype, device),
             trust_remote_code=args.trust_remote_code,
@@ -253,6 +254,7 @@ def run_caption_ray(args: argparse.Namespace) -> int:
         raise ImportError("blap caption-ray needs Ray: pip install 'transformers_blap[ray]'.") from None
 
     from .captioning import expand_inputs
+    from .conversion.release import model_or_converted_release
     from .ray_jobs import caption_with_ray
 
     inputs = expand_inputs(args.inputs)
@@ -263,7 +265,7 @@ def run_caption_ray(args: argparse.Namespace) -> int:
         ray.init()  # the cluster of RAY_ADDRESS, else a local one
     errors = caption_with_ray(
         inputs,
-        args.model,
+        model_or_converted_release(args.model),
         args.output,
         num_actors=args.num_actors,
         files_per_task=args.files_per_task,

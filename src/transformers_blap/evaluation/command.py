@@ -130,14 +130,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 
+    from ..conversion.release import model_or_converted_release
     from .loop import run_evaluation
 
     benchmark = load_benchmark(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    processor = BlapProcessor.from_pretrained(args.model)
+    source = model_or_converted_release(args.model)
+    processor = BlapProcessor.from_pretrained(source)
     if args.prompt is not None:
         processor.prompt = args.prompt
-    model = BlapForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    model = BlapForConditionalGeneration.from_pretrained(source, dtype=getattr(torch, args.dtype))
     model.to(device).eval()
     generate_kwargs = {
         name: value
