@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, T5Config, pipeline
 
+from blap_cli import build_parser
 from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.conversion import ConversionError, convert_htsat_state_dict, htsat_config_from_state_dict
 from transformers_blap.conversion.original import (
     RELEASE_GENERATION_DEFAULTS,
-    add_convert_original_command,
     convert_original_checkpoint,
     load_original_checkpoint,
     main,
@@ -479,15 +479,14 @@ def test_command_line_errors_exit_with_a_message(fixture_dir, tmp_path, capsys):
 
 
 def test_subcommand_mounts_in_a_blap_style_parser(fixture_dir, tmp_path):
-    parser = argparse.ArgumentParser(prog="blap")
-    add_convert_original_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(
+    args = build_parser().parse_args(
         ["convert-original", "--checkpoint", "c.ckpt", "--config", "c.json", "--output-dir", "o", "--from-hub"]
     )
-    assert args.handler is run and args.from_hub == "Tino3141/blap" and args.dtype == "float32"
-    assert args.max_shard_size == "5GB" and args.text_model is None and args.qformer_model is None
+    assert args.handler == f"{run.__module__}:{run.__name__}" and args.from_hub == "Tino3141/blap"
+    assert args.dtype == "float32" and args.max_shard_size == "5GB"
+    assert args.text_model is None and args.qformer_model is None
     with pytest.raises(SystemExit):
-        parser.parse_args(["convert-original", "--output-dir", "o", "--dtype", "float64"])
+        build_parser().parse_args(["convert-original", "--output-dir", "o", "--dtype", "float64"])
 
 
 # ------------------------------------------------------------------------- acceptance: another original checkpoint

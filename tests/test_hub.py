@@ -565,7 +565,7 @@ def test_entry_points_drop_bitsandbytes_kernel_warning_and_nothing_else(caplog):
 
     import bitsandbytes.backends.cpu.ops as bnb_cpu_ops
 
-    from transformers_blap.cli import KNOWN_STARTUP_NOISE
+    from blap_cli import KNOWN_STARTUP_NOISE
 
     ((logger_name, prefix),) = KNOWN_STARTUP_NOISE
     # The message is the one bitsandbytes logs at import on AVX-512 BF16 CPUs without the `kernels` package.
