@@ -50,7 +50,6 @@ def add_model_arguments(
     parser: argparse.ArgumentParser,
     *,
     model_help: str = "a saved BLAP folder or Hub repository id",
-    model_required: bool = True,
     device_help: str | None = "cpu, cuda, cuda:1, ... (default: a GPU if there is one, else CPU)",
     dtype_default: str | None = "checkpoint",
     trust_remote_code: bool = False,
@@ -59,7 +58,7 @@ def add_model_arguments(
     The model options of the commands that load one: `--model`, `--device` (unless `device_help` is `None`),
     `--dtype` (unless `dtype_default` is `None`) and `--trust-remote-code`.
     """
-    parser.add_argument("--model", required=model_required, help=model_help)
+    parser.add_argument("--model", required=True, help=model_help)
     if device_help is not None:
         parser.add_argument("--device", help=device_help)
     if dtype_default is not None:
