@@ -20,6 +20,9 @@ Sections (`--sections`):
   right after loading (memory-mapped weights are not resident yet) and after reading every weight once; and, at base
   dims, the naive "build the model, then `load_state_dict`" for comparison. `--quantize 8bit 4bit` adds the 3B
   checkpoint loaded through bitsandbytes (the `quantization` extra; its CPU backend without a GPU).
+- `import`: fresh interpreters, interleaved, median of `--repeats` (at least 5): `import transformers_blap` against
+  importing transformers' T5, CLAP and Blip-2 Q-Former classes alone (target: at most 1.3x), and `blap --help`
+  (`python -m blap_cli --help`, the console script's code), which loads neither torch nor transformers.
 - `bf16-fixture`: the share of captions on which bf16 gives float32's token ids, on the parity fixture converted
   by the package's converter (`--fixture`, `--fixture-clips`). The JSON's environment says whether this CPU computes
   bf16 natively and what `--dtype auto` picks on it.
@@ -40,6 +43,7 @@ Usage (the README's performance section lists the runs behind its figures):
     PYTHONPATH=src python scripts/benchmark.py --sections train load --train-dims xl --train-batch 2 --xl-dtype float32
     PYTHONPATH=src python scripts/benchmark.py --sections load --xl-dtype float32 --quantize 8bit 4bit
     PYTHONPATH=src python scripts/benchmark.py --sections job --job-clips 8 --job-batch 4 --repeats 2
+    PYTHONPATH=src python scripts/benchmark.py --sections import --repeats 7
 """
 
 import argparse
@@ -49,6 +53,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -850,6 +855,38 @@ def bench_bf16_fixture(args: argparse.Namespace) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------- reporting
 
 
+# The `import` section's commands, each in a fresh interpreter; the first is the reference of the ratios.
+IMPORT_COMMANDS = {
+    "transformers' T5, CLAP and Q-Former classes": [
+        "-c",
+        "from transformers import T5ForConditionalGeneration, ClapAudioModel, Blip2QFormerModel",
+    ],
+    "import transformers_blap": ["-c", "import transformers_blap"],
+    "blap --help": ["-m", "blap_cli", "--help"],
+}
+
+
+def bench_import(args: argparse.Namespace) -> list[dict]:
+    """Start-up times in fresh interpreters, interleaved so that the machine's load hits every command alike."""
+    times: dict[str, list[float]] = {name: [] for name in IMPORT_COMMANDS}
+    for _ in range(max(args.repeats, 5)):
+        for name, command in IMPORT_COMMANDS.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *command], check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    reference = statistics.median(times[next(iter(IMPORT_COMMANDS))])
+    return [
+        {
+            "section": "import",
+            "variant": name,
+            "import_s": statistics.median(samples),
+            "import_times_s": samples,
+            "over_transformers": statistics.median(samples) / reference,
+        }
+        for name, samples in times.items()
+    ]
+
+
 def format_table(rows: list[dict]) -> str:
     """One line per row: the section, the variant and its figures."""
     figures = {
@@ -857,6 +894,8 @@ def format_table(rows: list[dict]) -> str:
         "clips_per_s": "{:.1f} clips/s",
         "step_s": "{:.2f} s/step",
         "load_s": "{:.1f} s load",
+        "import_s": "{:.2f} s (median)",
+        "over_transformers": "x{:.2f} the transformers imports",
         "speedup": "x{:.2f}",
         "cpu_speedup": "CPU-time x{:.2f}",
         "speedup_over_original": "x{:.2f} over the original's decoding",
@@ -883,7 +922,8 @@ def check_targets(rows: list[dict]) -> dict:
     """
     The issue's targets, read off the rows: caption throughput >= 3x the baseline at Flan-T5-base dims with float32
     captions equal to the baseline's; peak RSS while captioning <= 1.3x the weights; both in one configuration; the
-    3B checkpoint loaded without a second copy of its weights (peak RSS <= 1.3x the weights).
+    3B checkpoint loaded without a second copy of its weights (peak RSS <= 1.3x the weights); `import
+    transformers_blap` at most 1.3x the time of importing transformers' T5, CLAP and Q-Former classes alone.
 
     The inference memory target is read on the RSS that loading and captioning add to the process
     (`added_rss_over_weights`): what the process held before loading (Python, torch, the inputs: 0.4 GiB) is not the
@@ -919,6 +959,12 @@ def check_targets(rows: list[dict]) -> dict:
                 "peak_rss_over_weights": row["peak_rss_over_weights"],
                 "met": row["peak_rss_over_weights"] <= 1.3,
             }
+    for row in rows:
+        if row["section"] == "import" and row["variant"] == "import transformers_blap":
+            targets["import_1.3x_transformers"] = {
+                "over_transformers": row["over_transformers"],
+                "met": row["over_transformers"] <= 1.3,
+            }
     return targets
 
 
@@ -929,6 +975,8 @@ def format_markdown(rows: list[dict]) -> str:
         "clips_per_s": ("clips/s", "{:.1f}"),
         "step_s": ("s/step", "{:.2f}"),
         "load_s": ("load s", "{:.1f}"),
+        "import_s": ("median s", "{:.2f}"),
+        "over_transformers": ("/ transformers' imports", "x{:.2f}"),
         "speedup": ("speed-up", "x{:.2f}"),
         "speedup_over_original": ("speed-up over the original's decoding", "x{:.2f}"),
         "captions_equal_baseline": ("captions = baseline", "{}"),
@@ -985,7 +1033,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sections",
         nargs="+",
         default=["features", "generate", "train", "load", "job"],
-        choices=["features", "generate", "train", "load", "job", "bf16-fixture"],
+        choices=["features", "generate", "train", "load", "job", "bf16-fixture", "import"],
     )
     parser.add_argument("--job-clips", type=int, default=16, help="MP3 files of the job row (10 s each)")
     parser.add_argument("--job-batch", type=int, default=4, help="windows per generate call in the job row")
@@ -1060,6 +1108,7 @@ def main(argv: list[str] | None = None) -> None:
         "load": lambda: bench_load(args),
         "job": lambda: bench_caption_job(args),
         "bf16-fixture": lambda: bench_bf16_fixture(args),
+        "import": lambda: bench_import(args),
     }
     for section in args.sections:
         print(f"== {section}", flush=True)

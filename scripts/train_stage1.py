@@ -30,13 +30,13 @@ import torch
 import transformers
 from transformers import HfArgumentParser, set_seed
 
+from blap_cli import quiet_third_party_startup
 from transformers_blap import (
     BlapFeatureExtractor,
     BlapForRepresentationLearning,
     BlapStage1Processor,
     build_qformer_tokenizer,
 )
-from transformers_blap.cli import quiet_third_party_startup
 from transformers_blap.conversion import stage1_from_pretrained_parts
 
 # bitsandbytes (imported by peft) logs an optional-kernel warning at import on some CPUs: dropped, nothing else.

@@ -29,8 +29,8 @@ import torch
 import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, set_seed
 
+from blap_cli import quiet_third_party_startup
 from transformers_blap import BlapFeatureExtractor, BlapProcessor
-from transformers_blap.cli import quiet_third_party_startup
 
 # bitsandbytes (imported by peft) logs an optional-kernel warning at import on some CPUs: dropped, nothing else.
 quiet_third_party_startup()

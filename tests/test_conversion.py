@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, T5Config, pipeline
 
+from blap_cli import build_parser
 from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.conversion import ConversionError, convert_htsat_state_dict, htsat_config_from_state_dict
 from transformers_blap.conversion.original import (
     RELEASE_GENERATION_DEFAULTS,
-    add_convert_original_command,
     convert_original_checkpoint,
     load_original_checkpoint,
     main,
@@ -271,8 +271,11 @@ def test_round_trip_keeps_everything(converted, converted_outputs, reference, tm
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
     reprocessor = BlapProcessor.from_pretrained(tmp_path)
     assert reloaded.generation_config.to_dict() == model.generation_config.to_dict()
-    without_path = [{k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"} for m in (model, reloaded)]
-    assert without_path[0] == without_path[1]
+    # The saved config carries the remote-code entries; the live one is left as it was by the save.
+    assert getattr(model.config, "auto_map", None) is None and reloaded.config.auto_map["AutoConfig"]
+    not_compared = ("_name_or_path", "auto_map", "custom_pipelines")
+    configs = [{k: v for k, v in m.config.to_dict().items() if k not in not_compared} for m in (model, reloaded)]
+    assert configs[0] == configs[1]
     inputs, before = converted_outputs
     again = reprocessor(audio=reference["audio"], sampling_rate=48_000, captions=reference["info"]["captions"])
     assert all(torch.equal(again[k], inputs[k]) for k in inputs)
@@ -479,15 +482,14 @@ def test_command_line_errors_exit_with_a_message(fixture_dir, tmp_path, capsys):
 
 
 def test_subcommand_mounts_in_a_blap_style_parser(fixture_dir, tmp_path):
-    parser = argparse.ArgumentParser(prog="blap")
-    add_convert_original_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(
+    args = build_parser().parse_args(
         ["convert-original", "--checkpoint", "c.ckpt", "--config", "c.json", "--output-dir", "o", "--from-hub"]
     )
-    assert args.handler is run and args.from_hub == "Tino3141/blap" and args.dtype == "float32"
-    assert args.max_shard_size == "5GB" and args.text_model is None and args.qformer_model is None
+    assert args.handler == f"{run.__module__}:{run.__name__}" and args.from_hub == "Tino3141/blap"
+    assert args.dtype == "float32" and args.max_shard_size == "5GB"
+    assert args.text_model is None and args.qformer_model is None
     with pytest.raises(SystemExit):
-        parser.parse_args(["convert-original", "--output-dir", "o", "--dtype", "float64"])
+        build_parser().parse_args(["convert-original", "--output-dir", "o", "--dtype", "float64"])
 
 
 # ------------------------------------------------------------------------- acceptance: another original checkpoint

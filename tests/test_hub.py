@@ -43,6 +43,7 @@ CODE_FILES = {
     "modeling_blap.py",
     "pipeline_audio_to_text.py",
     "processing_blap.py",
+    "remote_code_blap.py",
 }
 REPO_FILES = CODE_FILES | {
     "README.md",
@@ -255,9 +256,13 @@ def test_model_and_processor_push_to_hub_publish_a_complete_repo(fake_hub, t5_to
     assert HUB_PIPELINE_TASK in config["custom_pipelines"]
     assert "AutoModelForSpeechSeq2Seq" in config["auto_map"]
     assert json.loads(files["processor_config.json"])["auto_map"] == {"AutoProcessor": "processing_blap.BlapProcessor"}
-    card = ModelCard(files["README.md"].decode())  # ours, kept when the processor was pushed after the model
-    assert card.data.pipeline_tag == "audio-text-to-text"
-    assert "extra-tag" in card.data.tags
+    # transformers' own card, with BLAP's tags (`blap push` and the trainers write BLAP's full card).
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "transformers"
+    assert {"music-captioning", "custom_code", "extra-tag"} <= set(card.data.tags)
+    # Saving and pushing leave the live config as it was.
+    assert getattr(model.config, "auto_map", None) is None
+    assert getattr(model.config, "custom_pipelines", None) is None
 
 
 def test_blap_push_uploads_everything_in_one_commit(fake_hub, model_dir, tmp_path, capsys):
@@ -538,7 +543,7 @@ def test_every_entry_module_names_what_its_siblings_import_at_load_time(model_di
         *processor["feature_extractor"]["auto_map"].values(),
     ]
     entry_files = {model_dir / f"{reference.rsplit('.', 1)[0]}.py" for reference in references}
-    assert {path.name for path in entry_files} == CODE_FILES - {"audio.py"}
+    assert {path.name for path in entry_files} == CODE_FILES - {"audio.py", "remote_code_blap.py"}
     for entry in entry_files:
         needed = set()
         for sibling in get_relative_import_files(entry):
@@ -560,7 +565,7 @@ def test_entry_points_drop_bitsandbytes_kernel_warning_and_nothing_else(caplog):
 
     import bitsandbytes.backends.cpu.ops as bnb_cpu_ops
 
-    from transformers_blap.cli import KNOWN_STARTUP_NOISE
+    from blap_cli import KNOWN_STARTUP_NOISE
 
     ((logger_name, prefix),) = KNOWN_STARTUP_NOISE
     # The message is the one bitsandbytes logs at import on AVX-512 BF16 CPUs without the `kernels` package.

@@ -1,7 +1,8 @@
 """
-The authors' release loads as it is published (`.ckpt` + original `config.json`): `from_pretrained` of the model and
-processor and `pipeline("audio-to-text", ...)` convert it once into the Hugging Face cache, keyed by revision, and load
-that. Offline: the fixture as a local folder, and as a Hub repository whose downloads are served from the fixture.
+The authors' release as it is published (`.ckpt` + original `config.json`): `original_release_folder` converts it once
+into the Hugging Face cache, keyed by revision, for `from_pretrained` and `pipeline("audio-to-text", ...)`; the core's
+loaders refuse it with one line naming that call; `blap caption --model` goes through it. Offline: the fixture as a
+local folder, and as a Hub repository whose downloads are served from the fixture.
 """
 
 import fnmatch
@@ -15,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from transformers_blap import BlapForConditionalGeneration, BlapProcessor
-from transformers_blap.conversion import release
+from transformers_blap import BlapConfig, BlapForConditionalGeneration, BlapProcessor, OriginalReleaseError
+from transformers_blap.cli import main
+from transformers_blap.conversion import ConversionError, original_release_folder, release
 
 REPO_ID = "Tino3141/blap"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -94,42 +96,67 @@ def assert_reproduces_the_original(model, processor, reference):
 
 
 def test_a_local_release_folder_converts_once(fixture_dir, hub_cache, conversions, reference):
-    model = BlapForConditionalGeneration.from_pretrained(fixture_dir)
-    processor = BlapProcessor.from_pretrained(fixture_dir)
-    assert len(conversions) == 1
-    converted = conversions[0]
-    assert converted.parent == hub_cache / "blap-converted" / "local"
+    converted = original_release_folder(fixture_dir)
+    assert conversions == [converted] and converted.parent == hub_cache / "blap-converted" / "local"
     assert (converted / "model.safetensors").is_file() and (converted / "processor_config.json").is_file()
-    assert Path(model.config._name_or_path) == converted
+    model = BlapForConditionalGeneration.from_pretrained(converted)
+    processor = BlapProcessor.from_pretrained(converted)
     assert_reproduces_the_original(model, processor, reference)
-    # The next loads read the cache.
-    again = BlapForConditionalGeneration.from_pretrained(fixture_dir)
-    assert len(conversions) == 1 and Path(again.config._name_or_path) == converted
+    # The next call reads the cache.
+    assert original_release_folder(fixture_dir) == converted and len(conversions) == 1
 
 
-def test_a_hub_release_converts_once_per_revision(fake_hub, hub_cache, conversions, reference, fixture_dir):
-    model = BlapForConditionalGeneration.from_pretrained(REPO_ID)
-    converted = hub_cache / "blap-converted" / "models--Tino3141--blap" / COMMIT
+def test_the_core_refuses_the_release_in_one_line_naming_the_conversion(fixture_dir, hub_cache, conversions):
+    for load in (
+        BlapForConditionalGeneration.from_pretrained,
+        BlapProcessor.from_pretrained,
+        BlapConfig.from_pretrained,
+    ):
+        with pytest.raises(OriginalReleaseError) as raised:
+            load(fixture_dir)
+        message = str(raised.value)
+        assert "\n" not in message and "is the original BLAP release" in message
+        assert f"transformers_blap.conversion.original_release_folder({str(fixture_dir)!r})" in message
+    with pytest.raises(ValueError, match="Unrecognized model"):  # transformers' own AutoConfig: no replacement
+        pipeline("audio-to-text", model=str(fixture_dir))
+    assert conversions == []
+
+
+def test_a_hub_release_converts_once_per_revision(fake_hub, hub_cache, conversions, reference, fixture_dir, tmp_path):
+    converted = original_release_folder(REPO_ID)
+    assert converted == hub_cache / "blap-converted" / "models--Tino3141--blap" / COMMIT
     assert conversions == [converted]
     # Downloaded: the checkpoint, its config and the base-model folders the converter looks up beside the config.
     assert ["*.ckpt", "config.json", "flan-t5-tiny/*", "bert-base-uncased/*"] in fake_hub
-    processor = BlapProcessor.from_pretrained(REPO_ID)
-    assert_reproduces_the_original(model, processor, reference)
+    model = BlapForConditionalGeneration.from_pretrained(converted)
+    assert_reproduces_the_original(model, BlapProcessor.from_pretrained(converted), reference)
 
-    captioner = pipeline("audio-to-text", model=REPO_ID)
+    captioner = pipeline("audio-to-text", model=original_release_folder(REPO_ID))
     paths = [str(fixture_dir / path) for path in reference["info"]["audio_files"]]
     results = captioner(paths, batch_size=2, **reference["info"]["generate"])
     assert [result[0]["generated_text"] for result in results] == reference["info"]["generated_text"]
-    assert conversions == [converted]  # model, processor and pipeline: one conversion
+    assert conversions == [converted]  # one conversion per revision
+
+    # `blap caption --model REPO` loads the converted folder.
+    generate = reference["info"]["generate"]
+    assert generate["length_penalty"] == 1.0  # transformers' default: the command has no option for it
+    options = ["--num-beams", str(generate["num_beams"]), "--max-new-tokens", str(generate["max_new_tokens"])]
+    options += ["--min-length", str(generate["min_length"]), "--no-progress", "--batch-size", "2"]
+    output = tmp_path / "captions.jsonl"
+    assert main(["caption", *paths, "--model", REPO_ID, "--output", str(output), *options]) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [record["caption"] for record in records] == reference["info"]["generated_text"]
+    assert conversions == [converted]
+
+
+def test_original_release_folder_refuses_other_folders(tmp_path, hub_cache):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blap"}))
+    with pytest.raises(ConversionError, match="holds no original BLAP config.json"):
+        original_release_folder(tmp_path)
 
 
 def test_a_folder_in_neither_format_gets_one_clear_error(tmp_path, hub_cache):
     (tmp_path / "weights.bin").write_bytes(b"\0")
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
-    message = "is neither a transformers BLAP folder .* nor the original BLAP release"
-    for loader in (BlapForConditionalGeneration, BlapProcessor):
-        with pytest.raises(ValueError, match=message):
-            loader.from_pretrained(tmp_path)
-    (tmp_path / "config.json").unlink()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match="is neither a transformers BLAP folder .* nor the original BLAP release"):
         BlapForConditionalGeneration.from_pretrained(tmp_path)

@@ -1,4 +1,17 @@
-"""transformers_blap: BLAP music captioning as a Hugging Face transformers model."""
+"""
+transformers_blap: BLAP music captioning as a Hugging Face transformers model.
+
+Importing the package loads the model core (configuration, feature extraction, processing, modeling, the pipeline,
+audio decoding) and registers it with transformers' Auto* classes and the "audio-to-text" pipeline task. The tooling
+above it (training, evaluation, conversion, publishing, the `blap` command) loads when it is used: its public names are
+importable from here lazily (PEP 562, as transformers does), or from their modules.
+"""
+
+import importlib
+from typing import Any
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .audio import (
     AudioDecodeError,
@@ -11,7 +24,7 @@ from .audio import (
     track_caption_index,
     window_bounds,
 )
-from .configuration_blap import DEFAULT_PROMPT, BlapConfig, auto_config_with_original_release
+from .configuration_blap import DEFAULT_PROMPT, BlapConfig, OriginalReleaseError
 from .feature_extraction_blap import BlapFeatureExtractor
 from .modeling_blap import (
     BlapForConditionalGeneration,
@@ -23,6 +36,16 @@ from .modeling_blap import (
 from .pipeline_audio_to_text import AudioToTextPipeline
 from .precision import has_native_bf16, resolve_dtype
 from .processing_blap import BlapProcessor, BlapStage1Processor, build_qformer_tokenizer
+
+# Public names of the tooling, by module: `transformers_blap.X` imports that module on first use.
+_LAZY_EXPORTS = {
+    "original_release_folder": "conversion",
+    "push_folder": "hub",
+    "render_model_card": "hub",
+    "BlapStage2Trainer": "training",
+    "BlapStage2TrainingArguments": "training",
+    "run_evaluation": "evaluation",
+}
 
 __all__ = [
     "AudioDecodeError",
@@ -45,27 +68,28 @@ __all__ = [
     "BlapProcessor",
     "BlapRepresentationLearningOutput",
     "BlapStage1Processor",
+    "OriginalReleaseError",
     "build_qformer_tokenizer",
     "has_native_bf16",
     "resolve_dtype",
+    *_LAZY_EXPORTS,
 ]
 
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))
+
+
 # Make "blap" a model type that the Auto* classes resolve once this package is imported.
-from transformers import (  # noqa: E402
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoModel,
-    AutoModelForSpeechSeq2Seq,
-    AutoProcessor,
-)
-from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
-
-from .hub import install_hub_support  # noqa: E402
-
 AutoConfig.register(BlapConfig.model_type, BlapConfig, exist_ok=True)
-# The authors' release (.ckpt + original config.json) is read through its converted folder (conversion/release.py).
-if not getattr(AutoConfig.from_pretrained, "reads_original_release", False):
-    AutoConfig.from_pretrained = auto_config_with_original_release(AutoConfig.__dict__["from_pretrained"])
 AutoFeatureExtractor.register(BlapConfig, BlapFeatureExtractor, exist_ok=True)
 AutoProcessor.register(BlapConfig, BlapProcessor, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(BlapConfig, BlapForConditionalGeneration, exist_ok=True)
@@ -74,5 +98,3 @@ AutoModel.register(BlapConfig, BlapForRepresentationLearning, exist_ok=True)
 PIPELINE_REGISTRY.register_pipeline(
     "audio-to-text", pipeline_class=AudioToTextPipeline, pt_model=AutoModelForSpeechSeq2Seq, type="multimodal"
 )
-# save_pretrained / push_to_hub write remote code, the custom pipeline entry and the model card (see hub.py).
-install_hub_support()

@@ -1,10 +1,9 @@
 """Configuration of BLAP: HTS-AT audio encoder + Q-Former + T5 language model."""
 
-import importlib
 import json
 import os
-import types
 from pathlib import Path
+from typing import Any
 
 from transformers import Blip2QFormerConfig, ClapAudioConfig, T5Config
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
@@ -128,6 +127,26 @@ class BlapConfig(PreTrainedConfig):
         self.qformer_config.encoder_hidden_size = self.audio_config.hidden_size
         self.is_encoder_decoder = True
 
+    @classmethod
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """
+        `PreTrainedConfig.get_config_dict`, which refuses the original release's `config.json` with one line naming
+        the call that converts it ([`OriginalReleaseError`]), and any other `config.json` without a `model_type`,
+        instead of reading them as a default (Flan-T5-XL sized) configuration.
+        """
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if is_original_release_config(config_dict):
+            raise OriginalReleaseError(pretrained_model_name_or_path)
+        if "model_type" not in config_dict:
+            raise ValueError(
+                f"{os.fspath(pretrained_model_name_or_path)!r} is neither a transformers BLAP folder (a config.json"
+                " with a model_type, and its weights) nor the original BLAP release (its .ckpt and the config.json of"
+                " BLAP2_Stage2_Config)."
+            )
+        return config_dict, kwargs
+
 
 # ------------------------------------------------------------------------------------ the authors' original release
 
@@ -142,121 +161,55 @@ def is_original_release_config(config: object) -> bool:
     )
 
 
-def conversion_module(name: str, context: str) -> types.ModuleType:
+class OriginalReleaseError(ValueError):
     """
-    `transformers_blap.conversion.<name>`, imported only when a checkpoint in another format is met: the converters
-    are not among the files a Hub repository carries for remote code.
+    `from_pretrained` met the authors' original release (a PyTorch Lightning `.ckpt` and the `config.json` of
+    `BLAP2_Stage2_Config`), which transformers does not read; the message names the call that converts it.
     """
-    try:
-        return importlib.import_module(f"transformers_blap.conversion.{name}")
-    except ImportError as error:
-        raise ImportError(f"{context} converting it needs the transformers_blap package.") from error
+
+    def __init__(self, pretrained_model_name_or_path: str | os.PathLike):
+        name = os.fspath(pretrained_model_name_or_path)
+        super().__init__(
+            f"{name} is the original BLAP release (a Lightning .ckpt and its config.json), not a transformers folder:"
+            f" convert it with transformers_blap.conversion.original_release_folder({name!r}) and load the folder it"
+            " returns (from_pretrained, pipeline(model=...)); `blap caption --model` and `blap evaluate --model` do"
+            " that themselves."
+        )
 
 
-# A folder holding only a processor has no config.json.
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-
-
-def _read_config(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
-def original_release_source(pretrained_model_name_or_path: str | os.PathLike, hub_kwargs: dict) -> str | os.PathLike:
+def is_original_release(pretrained_model_name_or_path: str | os.PathLike, hub_kwargs: dict | None = None) -> bool:
     """
-    What `from_pretrained` should load: `pretrained_model_name_or_path` itself, or, when it is a folder or Hub
-    repository in the original release's format (its Lightning `.ckpt` and `config.json`, no `model.safetensors`),
-    the converted folder, made once by the converter and kept in the Hugging Face cache (see
-    `transformers_blap.conversion.release`, imported only then).
+    Whether `pretrained_model_name_or_path` (a local folder or Hub repository) holds the original release's
+    `config.json`. `False` where there is none or it cannot be read (no such repository, offline, ...).
 
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`): what was passed to `from_pretrained`.
-        hub_kwargs (`dict`): the `from_pretrained` keyword arguments; `revision`, `cache_dir`, `token`,
-            `local_files_only` and `force_download` are used to read the repository's `config.json`.
-
-    Raises:
-        `ValueError`: a local folder that is in neither format.
+        hub_kwargs (`dict`, *optional*): its keyword arguments; `revision`, `cache_dir`, `token`, `local_files_only`
+            and `subfolder` are used to read `config.json`.
     """
-    if pretrained_model_name_or_path is None or hub_kwargs.get("subfolder") or hub_kwargs.get("gguf_file"):
-        return pretrained_model_name_or_path
+    hub_kwargs = hub_kwargs or {}
     path = Path(pretrained_model_name_or_path)
-    repo_id = revision = None
     if path.is_dir():
-        config = _read_config(path / "config.json")
-        if is_original_release_config(config):
-            folder = path
-        elif (isinstance(config, dict) and "model_type" in config) or (
-            not (path / "config.json").exists() and any((path / name).is_file() for name in _PROCESSOR_FILES)
-        ):
-            return pretrained_model_name_or_path
-        else:
-            raise ValueError(
-                f"{os.fspath(path)!r} is neither a transformers BLAP folder (a config.json with a model_type, and"
-                " its weights) nor the original BLAP release (its .ckpt and the config.json of BLAP2_Stage2_Config)."
-            )
-    elif path.exists() or str(pretrained_model_name_or_path).count("/") > 1:
-        return pretrained_model_name_or_path
+        config_file = path / (hub_kwargs.get("subfolder") or "") / "config.json"
     else:
         import huggingface_hub  # here, not at the top: the remote-code entry modules would have to name it too
 
         try:
-            config_file = Path(
-                huggingface_hub.hf_hub_download(
-                    str(pretrained_model_name_or_path),
-                    "config.json",
-                    **{
-                        key: hub_kwargs[key]
-                        for key in ("revision", "cache_dir", "token", "local_files_only", "force_download")
-                        if hub_kwargs.get(key) is not None
-                    },
-                )
+            config_file = huggingface_hub.hf_hub_download(
+                str(pretrained_model_name_or_path),
+                "config.json",
+                **{key: hub_kwargs[key] for key in _HUB_KWARGS if hub_kwargs.get(key) is not None},
             )
-        except Exception:  # not a repository, no config.json, offline: transformers' loading reports it
-            return pretrained_model_name_or_path
-        if not is_original_release_config(_read_config(config_file)):
-            return pretrained_model_name_or_path
-        # The Hub cache keeps a revision's files under snapshots/<commit hash>/.
-        folder, repo_id, revision = None, str(pretrained_model_name_or_path), config_file.parent.name
-    release = conversion_module(
-        "release", f"{os.fspath(pretrained_model_name_or_path)!r} is the original BLAP release;"
-    )
-    return release.converted_release_folder(
-        folder=folder,
-        repo_id=repo_id,
-        revision=revision,
-        cache_dir=hub_kwargs.get("cache_dir"),
-        token=hub_kwargs.get("token"),
-        local_files_only=bool(hub_kwargs.get("local_files_only")),
-    )
+        except Exception:  # not a repository, no config.json, offline: not something to convert
+            return False
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return is_original_release_config(config)
 
 
-def auto_config_with_original_release(from_pretrained: classmethod) -> classmethod:
-    """
-    `AutoConfig.from_pretrained` that also reads the original release's converted config (see
-    [`original_release_source`]), so `pipeline("audio-to-text", model="Tino3141/blap")` works: the pipeline reads
-    the config through `AutoConfig` before the model. Only a config that `AutoConfig` rejects is looked at again.
-    """
-    load = from_pretrained.__func__
-
-    def wrapper(cls, pretrained_model_name_or_path, *args, **kwargs):
-        try:
-            return load(cls, pretrained_model_name_or_path, *args, **kwargs)
-        except ValueError:
-            source = original_release_source(pretrained_model_name_or_path, kwargs)
-            if source is pretrained_model_name_or_path:
-                raise
-        return load(cls, source, *args, **kwargs)
-
-    wrapper.__doc__, wrapper.reads_original_release = load.__doc__, True
-    return classmethod(wrapper)
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "subfolder")
 
 
-__all__ = [
-    "BlapConfig",
-    "DEFAULT_PROMPT",
-    "auto_config_with_original_release",
-    "is_original_release_config",
-    "original_release_source",
-]
+__all__ = ["BlapConfig", "DEFAULT_PROMPT", "OriginalReleaseError", "is_original_release", "is_original_release_config"]

@@ -337,4 +337,8 @@ class BlapFeatureExtractor(SequenceFeatureExtractor):
         return waveforms
 
 
+# Its `save_pretrained` writes `auto_map` and copies its module files, for `trust_remote_code=True` (transformers'
+# own mechanism for custom classes).
+BlapFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
 __all__ = ["BlapFeatureExtractor"]

@@ -1,25 +1,18 @@
 """
-Publishing BLAP on the Hugging Face Hub: remote code, the custom pipeline entry and the model card.
+Publishing BLAP on the Hugging Face Hub: model cards, `blap push` and one-line Hub errors.
 
 A published repository loads two ways: with this package installed (`import transformers_blap`, then the Auto* classes
 and `pipeline("audio-to-text", ...)`), and without it through `trust_remote_code=True`. For the second, the repository
-carries the package's flat modules (configuration, feature extraction, processing, modeling, pipeline, audio) and
-JSON entries that point at them:
-
-- `config.json`: `auto_map` for `AutoConfig` and `AutoModelForSpeechSeq2Seq`, and `custom_pipelines` naming
-  `pipeline_audio_to_text.AudioToTextPipeline` (the class `pipeline(model=REPO, trust_remote_code=True)` builds);
-- `processor_config.json`: `auto_map` for `AutoProcessor` and, on the nested feature extractor, `AutoFeatureExtractor`.
-
-[`install_hub_support`] (run when the package is imported) makes `save_pretrained` / `push_to_hub` of the model and
-the processor write all of that; [`add_remote_code`] completes a folder saved some other way, and [`push_folder`] (the
-`blap push` command) uploads a folder with everything it needs in one commit.
+carries the package's flat modules and the `auto_map` / `custom_pipelines` entries that point at them: the core writes
+them itself (`remote_code_blap`: the model's `save_pretrained`, the processor's registration for `AutoProcessor`).
+[`push_folder`] (the `blap push` command) uploads a saved folder with all of it and BLAP's model card
+([`render_model_card`]) in one commit; `model.push_to_hub(repo)` is transformers' own, with transformers' default
+card tagged with BLAP's tags.
 """
 
 import importlib.metadata
-import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +22,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, M
 from huggingface_hub.errors import HfHubHTTPError
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from transformers import GenerationConfig, PreTrainedModel
-from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+from transformers import GenerationConfig
+from transformers.dynamic_module_utils import get_imports
 
 from .configuration_blap import BlapConfig
 from .evaluation.report import (
@@ -41,20 +34,15 @@ from .evaluation.report import (
     metric_display_name,
 )
 from .feature_extraction_blap import BlapFeatureExtractor
-from .modeling_blap import BlapForConditionalGeneration
 from .network import exception_chain, is_network_error, root_cause
-from .pipeline_audio_to_text import AudioToTextPipeline
-from .processing_blap import BlapProcessor
-
-# The Auto class the custom pipeline loads the model with; it must be an attribute of `transformers`.
-REMOTE_MODEL_AUTO_CLASS = "AutoModelForSpeechSeq2Seq"
-
-# The task name of the pipeline in a Hub repository's `config.json` (`custom_pipelines`). It differs from the task
-# this package registers, "audio-to-text", on purpose: `transformers.pipeline` looks a task up in `custom_pipelines`
-# before its registry and then insists on `trust_remote_code=True`, so a repository listing "audio-to-text" there
-# would break `pipeline("audio-to-text", model=REPO)` for users who have the package. With one custom entry,
-# `pipeline(model=REPO, trust_remote_code=True)` picks it without a task name.
-HUB_PIPELINE_TASK = "blap-audio-to-text"
+from .remote_code_blap import (
+    HUB_PIPELINE_TASK,
+    HUB_TAGS,
+    add_remote_code,
+    read_json,
+    remote_code_files,
+    remote_code_json,
+)
 
 # The Hub has no "audio-to-text" task tag; "audio-text-to-text" is the nearest: audio (and a text prompt) in, text out.
 CARD_PIPELINE_TAG = "audio-text-to-text"
@@ -62,7 +50,7 @@ CARD_PIPELINE_TAG = "audio-text-to-text"
 STAGE1_PIPELINE_TAG = "feature-extraction"
 CARD_LIBRARY_NAME = "transformers"
 DEFAULT_LICENSE = "apache-2.0"
-DEFAULT_TAGS = ("music", "music-captioning", "audio-captioning", "blap", "custom_code")
+DEFAULT_TAGS = HUB_TAGS
 CARD_KINDS = ("captioner", "stage1", "lora")
 # The generation options a card lists, in this order, when the generation config sets them.
 CARD_GENERATION_FIELDS = (
@@ -174,40 +162,6 @@ PAPER_RESULTS = [
 ]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
-_REMOTE_CLASSES = (BlapConfig, BlapForConditionalGeneration, BlapFeatureExtractor, BlapProcessor, AudioToTextPipeline)
-
-
-def _class_reference(cls: type) -> str:
-    """`"module.Class"` as `auto_map` and `custom_pipelines` spell it (the module file's name, no package)."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-
-
-MODEL_AUTO_MAP = {
-    "AutoConfig": _class_reference(BlapConfig),
-    REMOTE_MODEL_AUTO_CLASS: _class_reference(BlapForConditionalGeneration),
-}
-PROCESSOR_AUTO_MAP = {"AutoProcessor": _class_reference(BlapProcessor)}
-FEATURE_EXTRACTOR_AUTO_MAP = {"AutoFeatureExtractor": _class_reference(BlapFeatureExtractor)}
-CUSTOM_PIPELINES = {
-    HUB_PIPELINE_TASK: {
-        "impl": _class_reference(AudioToTextPipeline),
-        "pt": [REMOTE_MODEL_AUTO_CLASS],
-        "type": "multimodal",
-    }
-}
-
-
-def remote_code_files() -> list[Path]:
-    """
-    The package's files a repository needs for `trust_remote_code=True`: the modules defining the classes in
-    `auto_map` / `custom_pipelines` and every module they import with `from .x import ...`.
-    """
-    files: dict[str, Path] = {}
-    for cls in _REMOTE_CLASSES:
-        module_file = Path(__import__(cls.__module__, fromlist=["_"]).__file__)
-        for path in [module_file, *map(Path, get_relative_import_files(module_file))]:
-            files[path.name] = path
-    return [files[name] for name in sorted(files)]
 
 
 def remote_code_requirements() -> list[str]:
@@ -233,84 +187,6 @@ def remote_code_requirements() -> list[str]:
         requirement = declared.get(canonicalize_name(name))  # huggingface_hub is huggingface-hub
         requirements.append(f"{name}{requirement.specifier}" if requirement else name)
     return requirements
-
-
-# --------------------------------------------------------------------------------------------- folder completion
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
-def _json_bytes(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _remote_code_json(folder: Path) -> dict[str, dict[str, Any]]:
-    """
-    The JSON files of `folder` with the remote-code entries added: `{file name: content}` for those of
-    `config.json`, `processor_config.json` and `preprocessor_config.json` that exist.
-    """
-    updated = {}
-    config_file = folder / "config.json"
-    if config_file.is_file():
-        config = _read_json(config_file)
-        if config.get("model_type") != BlapConfig.model_type:
-            raise ValueError(
-                f"{config_file} describes model_type={config.get('model_type')!r}, not a"
-                f" {BlapConfig.model_type!r} model."
-            )
-        config["auto_map"] = {**config.get("auto_map", {}), **MODEL_AUTO_MAP}
-        config["custom_pipelines"] = CUSTOM_PIPELINES
-        updated["config.json"] = config
-
-    processor_file = folder / "processor_config.json"
-    if processor_file.is_file():
-        processor = _read_json(processor_file)
-        processor["auto_map"] = {**processor.get("auto_map", {}), **PROCESSOR_AUTO_MAP}
-        if isinstance(processor.get("feature_extractor"), dict):
-            nested = processor["feature_extractor"]
-            nested["auto_map"] = {**nested.get("auto_map", {}), **FEATURE_EXTRACTOR_AUTO_MAP}
-        updated["processor_config.json"] = processor
-    feature_extractor_file = folder / "preprocessor_config.json"
-    if feature_extractor_file.is_file():
-        feature_extractor = _read_json(feature_extractor_file)
-        feature_extractor["auto_map"] = {**feature_extractor.get("auto_map", {}), **FEATURE_EXTRACTOR_AUTO_MAP}
-        updated["preprocessor_config.json"] = feature_extractor
-    if not updated:
-        raise FileNotFoundError(
-            f"{folder} holds no config.json, processor_config.json or preprocessor_config.json: save the model and the"
-            " processor there first."
-        )
-    return updated
-
-
-def add_remote_code(save_directory: str | os.PathLike) -> list[Path]:
-    """
-    Make a saved BLAP folder loadable with `trust_remote_code=True` and without this package: write the `auto_map` and
-    `custom_pipelines` entries into its JSON files and copy the code files beside them. Idempotent. The
-    model's `save_pretrained` calls it (see [`install_hub_support`]).
-
-    Args:
-        save_directory (`str` or `os.PathLike`): a folder holding the model's `config.json` and/or the processor's
-            `processor_config.json`.
-
-    Returns:
-        `list[Path]`: the files written.
-    """
-    folder = Path(save_directory)
-    written = []
-    for name, content in _remote_code_json(folder).items():
-        (folder / name).write_bytes(_json_bytes(content))
-        written.append(folder / name)
-    for source in remote_code_files():
-        (folder / source.name).write_bytes(source.read_bytes())
-        written.append(folder / source.name)
-    return written
 
 
 # ---------------------------------------------------------------------------------------------------- model card
@@ -362,7 +238,7 @@ def _describe_language_model(config: BlapConfig, kind: str) -> str:
     if kind == "stage1":
         return "none in stage-1 weights (stage 2 adds one)"
     text_config = config.text_config
-    source = getattr(text_config, "_name_or_path", "")
+    source = getattr(text_config, "name_or_path", "")
     return (
         f"T5{f' from `{source}`' if source else ''}, d_model {text_config.d_model}, {text_config.num_layers} encoder"
         f" and {text_config.num_decoder_layers} decoder layers (frozen)"
@@ -411,7 +287,7 @@ def render_model_card(
         model_name (`str`, *optional*): the name in the title and in `model-index`; defaults to the repository name.
         license (`str`, *optional*, defaults to `"apache-2.0"`): the weights' license (a Hub license id).
         base_model (`str` or `list[str]`, *optional*): Hub ids of what the weights start from; by default the
-            language model's source (`config.text_config._name_or_path`) when it is a Hub id, else none.
+            language model's source (`config.text_config.name_or_path`) when it is a Hub id, else none.
         datasets (`list[str]`, *optional*): Hub ids of the training / fine-tuning data sets.
         tags (`Iterable[str]`, *optional*): added to BLAP's default tags.
         eval_results (`list[dict | EvalResult]`, *optional*): known evaluation results, written as `model-index`
@@ -435,7 +311,7 @@ def render_model_card(
     model_name = model_name or (repo_id.rsplit("/", 1)[-1] if repo_id else "BLAP")
     results = [_as_eval_result(result) for result in eval_results or ()]
     if base_model is None and kind != "stage1":
-        base_model = hub_id_or_none(getattr(config.text_config, "_name_or_path", None))
+        base_model = hub_id_or_none(getattr(config.text_config, "name_or_path", None))
     card_data = ModelCardData(
         library_name=CARD_LIBRARY_NAME,
         pipeline_tag=STAGE1_PIPELINE_TAG if kind == "stage1" else CARD_PIPELINE_TAG,
@@ -488,7 +364,7 @@ def render_model_card(
 
 def _read_folder_json(folder: Path, name: str) -> dict[str, Any] | None:
     path = folder / name
-    return _read_json(path) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def render_folder_card(folder: str | os.PathLike, repo_id: str | None = None, **kwargs: Any) -> ModelCard:
@@ -593,7 +469,7 @@ def _folder_operations(
     """
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: save the model there first (model.save_pretrained).")
-    json_files = {name: _json_bytes(content) for name, content in _remote_code_json(folder).items()}
+    json_files = remote_code_json(folder)
     code_files = {path.name: path for path in remote_code_files()}
     if require_processor and not (folder / "processor_config.json").is_file():
         raise FileNotFoundError(
@@ -755,93 +631,6 @@ class HubErrorsInTrainer:
             return super().push_to_hub(*args, **kwargs)
 
 
-# ----------------------------------------------------------------------------------- model save/push integration
-
-
-def _model_save_pretrained(
-    self: BlapForConditionalGeneration, save_directory: str | os.PathLike, *args, **kwargs
-) -> None:
-    """
-    `PreTrainedModel.save_pretrained` with remote code: like transformers does for a class registered with
-    `register_for_auto_class`, the config gets its `auto_map` (and here the `custom_pipelines` entry) before it is
-    saved, so a later `model.config.save_pretrained` keeps them; then the code files are copied
-    ([`add_remote_code`]).
-    """
-    push_to_hub = kwargs.pop("push_to_hub", False)
-    push_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token") if key in kwargs}
-    self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **MODEL_AUTO_MAP}
-    self.config.custom_pipelines = CUSTOM_PIPELINES
-    PreTrainedModel.save_pretrained(self, save_directory, *args, **kwargs)
-    if kwargs.get("is_main_process", True):
-        add_remote_code(save_directory)
-    if push_to_hub:
-        self.push_to_hub(push_kwargs.pop("repo_id", Path(save_directory).name), **push_kwargs)
-
-
-def _push_to_hub(
-    self: BlapForConditionalGeneration,
-    repo_id: str,
-    *,
-    commit_message: str | None = None,
-    commit_description: str | None = None,
-    private: bool | None = None,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-    max_shard_size: int | str | None = "50GB",
-    tags: list[str] | None = None,
-    model_card: ModelCard | None = None,
-) -> CommitInfo:
-    """
-    Upload the model to the Hub: weights, `config.json` (with `auto_map` and the custom pipeline), generation config,
-    the remote code and a model card rendered from `templates/model_card.md` (or `model_card`). Push the processor
-    too (`processor.push_to_hub(repo_id)`) for a complete repository, or use `blap push` on a folder holding both.
-
-    Args:
-        repo_id (`str`): the repository, created if missing.
-        model_card (`ModelCard`, *optional*): replaces the rendered card (see [`render_model_card`]).
-        tags (`list[str]`, *optional*): added to the rendered card's tags.
-        commit_message, commit_description, private, token, revision, create_pr, max_shard_size: as in
-            `transformers.PreTrainedModel.push_to_hub`.
-
-    Returns:
-        `huggingface_hub.CommitInfo`.
-    """
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        self.save_pretrained(tmp_dir, max_shard_size=max_shard_size)
-        card = model_card or render_folder_card(tmp_dir, repo_id=repo_id, tags=tags or ())
-        return _upload(
-            _folder_operations(Path(tmp_dir), card, require_processor=False),
-            repo_id,
-            commit_message=commit_message or "Upload BLAP model",
-            commit_description=commit_description,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-        )
-
-
-def install_hub_support() -> None:
-    """
-    Make the package's model and processor publish remote code (run once when `transformers_blap` is imported):
-
-    - the processor and its feature extractor register for `AutoProcessor` / `AutoFeatureExtractor`, so their
-      `save_pretrained` (and `push_to_hub`) write `auto_map` and copy their modules, as transformers does for any
-      registered class;
-    - the model's `save_pretrained` also sets `auto_map` and `custom_pipelines` on its config and copies the code
-      files ([`add_remote_code`]); its `push_to_hub` uploads all of it with a model card rendered by
-      [`render_model_card`].
-
-    `BlapConfig` itself is not registered with `register_for_auto_class`: a config saved on its own then stays exactly
-    what it was (`config.save_pretrained` round-trips), and only configs saved with a model carry remote code.
-    """
-    BlapFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
-    BlapProcessor.register_for_auto_class("AutoProcessor")
-    BlapForConditionalGeneration.save_pretrained = _model_save_pretrained
-    BlapForConditionalGeneration.push_to_hub = _push_to_hub
-
-
 __all__ = [
     "CITATION",
     "HUB_PIPELINE_TASK",
@@ -852,7 +641,6 @@ __all__ = [
     "eval_result",
     "eval_results_from_report",
     "hub_errors",
-    "install_hub_support",
     "merge_card_options",
     "push_folder",
     "remote_code_files",

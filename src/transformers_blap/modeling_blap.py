@@ -33,7 +33,8 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 from transformers.utils import ModelOutput
 
-from .configuration_blap import BlapConfig, original_release_source
+from .configuration_blap import BlapConfig
+from .remote_code_blap import HUB_TAGS, add_remote_code
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
@@ -472,17 +473,15 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
             untie_lm_head(self.language_model)
         self.post_init()
         self.generation_config = self._default_generation_config(config)
+        self.add_model_tags(list(HUB_TAGS))  # the tags of transformers' `push_to_hub` model card
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "BlapForConditionalGeneration":
         """
-        `PreTrainedModel.from_pretrained`, which also opens two folders that are not plain transformers checkpoints:
-        - a local folder written by a LoRA stage-2 run (it holds `blap_stage2_adapter.json`) loads as the base model it
-          was trained from with the adapter and the stage-2 weights applied
-          (`transformers_blap.training.load_stage2_lora_folder`), so `pipeline("audio-to-text", model=folder)` works;
-        - the authors' original release as it is published (a Hub repository or folder holding its `.ckpt` and
-          `config.json`, e.g. `"Tino3141/blap"`): converted once, the converted folder kept in the Hugging Face cache
-          per revision (`configuration_blap.original_release_source`).
+        `PreTrainedModel.from_pretrained`, which also opens a folder that is not a plain transformers checkpoint:
+        a local folder written by a LoRA stage-2 run (it holds `blap_stage2_adapter.json`) loads as the base model it
+        was trained from with the adapter and the stage-2 weights applied
+        (`transformers_blap.training.load_stage2_lora_folder`), so `pipeline("audio-to-text", model=folder)` works.
         """
         path = pretrained_model_name_or_path
         if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STAGE2_ADAPTER_MANIFEST)):
@@ -496,8 +495,26 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 ) from None
             dtype = kwargs.get("dtype")
             return stage2.load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
-        source = original_release_source(path, kwargs)
-        return super().from_pretrained(source, *model_args, **kwargs)
+        return super().from_pretrained(path, *model_args, **kwargs)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, is_main_process: bool = True, push_to_hub: bool = False, **kwargs
+    ) -> None:
+        """
+        `PreTrainedModel.save_pretrained`, and the folder loads with `trust_remote_code=True` where this package is
+        not installed: the saved `config.json` gets the `auto_map` and `custom_pipelines` entries and the package's
+        flat modules are copied beside it (`remote_code_blap.add_remote_code`). `self.config` is not changed.
+        With `push_to_hub=True` the model is then uploaded with [`~PreTrainedModel.push_to_hub`] (`repo_id`,
+        `commit_message`, `commit_description`, `private`, `token`, `revision`, `create_pr` pass through).
+        """
+        push_options = ("repo_id", "commit_message", "commit_description", "private", "revision", "create_pr")
+        push_kwargs = {key: kwargs.pop(key) for key in push_options if key in kwargs}
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            add_remote_code(save_directory)
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **push_kwargs)
 
     @staticmethod
     def _default_generation_config(config: BlapConfig) -> GenerationConfig:

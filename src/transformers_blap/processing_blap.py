@@ -9,7 +9,7 @@ from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_blap import DEFAULT_PROMPT, original_release_source
+from .configuration_blap import DEFAULT_PROMPT, OriginalReleaseError, is_original_release
 
 
 class BlapProcessor(ProcessorMixin):
@@ -36,10 +36,15 @@ class BlapProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BlapProcessor":
         """
-        `ProcessorMixin.from_pretrained`, which also reads the authors' original release as it is published (see
-        `BlapForConditionalGeneration.from_pretrained`): from its converted folder.
+        `ProcessorMixin.from_pretrained`; where it fails on the authors' original release (which has no processor
+        files), the error says so in one line and names the call that converts it (`OriginalReleaseError`).
         """
-        return super().from_pretrained(original_release_source(pretrained_model_name_or_path, kwargs), **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except OSError as error:
+            if is_original_release(pretrained_model_name_or_path, kwargs):
+                raise OriginalReleaseError(pretrained_model_name_or_path) from error
+            raise
 
     def __call__(
         self,
@@ -204,5 +209,9 @@ class BlapStage1Processor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_features", "input_ids", "attention_mask"]
 
+
+# Its `save_pretrained` writes `auto_map` and copies its module files, for `trust_remote_code=True` (transformers'
+# own mechanism for custom classes).
+BlapProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = ["BlapProcessor", "BlapStage1Processor", "build_qformer_tokenizer"]

@@ -3,7 +3,7 @@ A raw LAION CLAP checkpoint (`.pt`, as `laion_clap`'s `load_ckpt` reads, e.g. `m
 the music-tuned HTS-AT-base) -> a `transformers.ClapAudioModel` folder, the audio encoder that
 `conversion.parts.stage1_from_pretrained_parts` takes.
 
-    python -m transformers_blap.conversion.laion_clap music_audioset_epoch_15_esc_90.14.pt clap-audio-music \\
+    blap convert-laion-clap music_audioset_epoch_15_esc_90.14.pt clap-audio-music \\
         --variant base
 
 The checkpoint's text tower, projections and logit scales are dropped: BLAP uses the audio tower only. The HTS-AT key
@@ -15,7 +15,7 @@ the result strictly. Also reads BLAP's own pretrained-audio-encoder files (`audi
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import ClapAudioModel
@@ -84,14 +84,6 @@ def convert_laion_clap_checkpoint(
     return model.eval()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `blap convert-laion-clap` / `python -m transformers_blap.conversion.laion_clap`."""
-    parser.add_argument("checkpoint", help="the LAION CLAP .pt checkpoint")
-    parser.add_argument("output_dir", help="where to save the ClapAudioModel (config.json + model.safetensors)")
-    parser.add_argument("--variant", choices=["tiny", "base", "large"], help="the HTS-AT variant to check against")
-    parser.add_argument("--allow-pickle", action="store_true", help="load a trusted file without weights_only")
-
-
 def run(args: argparse.Namespace) -> int:
     """Convert from parsed arguments; a [`ConversionError`] becomes an error message and exit status 2."""
     try:
@@ -105,27 +97,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_convert_laion_clap_command(subparsers: argparse._SubParsersAction) -> None:
-    """Declare `blap convert-laion-clap` (in the `add_<name>_command` style of `transformers_blap.cli`)."""
-    parser = subparsers.add_parser(
-        "convert-laion-clap",
-        help="convert a raw LAION CLAP .pt checkpoint's audio tower into a ClapAudioModel folder",
-        description=__doc__.split("\n\n")[0],
-    )
-    add_arguments(parser)
-    parser.set_defaults(handler=run)
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m transformers_blap.conversion.laion_clap ...`, the same as `blap convert-laion-clap ...`."""
+    from blap_cli import main as blap_main
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m transformers_blap.conversion.laion_clap ...` (same options as `blap convert-laion-clap`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return blap_main(["convert-laion-clap", *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = [
-    "add_arguments",
-    "add_convert_laion_clap_command",
     "convert_laion_clap_checkpoint",
     "load_laion_clap_state_dict",
     "main",

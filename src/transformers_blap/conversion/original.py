@@ -867,30 +867,6 @@ def _card_description(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `blap convert-original` / `scripts/convert_original_blap.py`."""
-    parser.add_argument("--checkpoint", help="the original Lightning .ckpt")
-    parser.add_argument("--config", help="the original config.json")
-    parser.add_argument("--output-dir", required=True, help="folder to create (written atomically)")
-    parser.add_argument(
-        "--from-hub",
-        nargs="?",
-        const=DEFAULT_HUB_REPO,
-        metavar="REPO_ID",
-        help=f"download the .ckpt and config.json from the Hub instead (default repo: {DEFAULT_HUB_REPO})",
-    )
-    parser.add_argument(
-        "--text-model", help="T5 config + tokenizer: folder or Hub id (default: the config's LLM.t5_model)"
-    )
-    parser.add_argument(
-        "--qformer-model", help=f"the Q-Former's base BERT config: folder or Hub id (default: {DEFAULT_QFORMER_MODEL})"
-    )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype (default float32)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a conversion from parsed arguments; a [`ConversionError`] becomes an error message and exit status 2."""
     try:
@@ -913,35 +889,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_convert_original_command(subparsers: argparse._SubParsersAction) -> None:
-    """Declare `blap convert-original` (in the `add_<name>_command` style of `transformers_blap.cli`)."""
-    parser = subparsers.add_parser(
-        "convert-original",
-        help="convert the original BLAP release (.ckpt + config.json) into a transformers folder",
-        description=(
-            "Convert the authors' PyTorch Lightning checkpoint and config.json (local files, or --from-hub) into a"
-            " complete transformers folder: config, generation config, safetensors weights, processor files and a"
-            " model card. Every dimension is derived from the weights and cross-checked; nothing is unpickled but"
-            " tensors; the output folder is written atomically."
-        ),
-    )
-    add_arguments(parser)
-    parser.set_defaults(handler=run)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python scripts/convert_original_blap.py ...` (same options as `blap convert-original`)."""
-    parser = argparse.ArgumentParser(description="Convert the original BLAP release (.ckpt + config.json).")
-    add_arguments(parser)
+    """`python scripts/convert_original_blap.py ...`, the same as `blap convert-original ...`."""
+    from blap_cli import main as blap_main
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return run(parser.parse_args(argv))
+
+    return blap_main(["convert-original", *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = [
     "DEFAULT_HUB_REPO",
     "RELEASE_GENERATION_DEFAULTS",
-    "add_arguments",
-    "add_convert_original_command",
     "blap_config_from_original",
     "build_converted_model",
     "convert_original_checkpoint",

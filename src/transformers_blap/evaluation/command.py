@@ -1,7 +1,5 @@
 """
-The `blap evaluate` and `blap setup-metrics` subcommands, written in the style of `transformers_blap.cli`: each
-`add_<name>_command(subparsers)` declares its arguments and sets `handler` (`argparse.Namespace -> int`). Until the
-`blap` command mounts them, `python -m transformers_blap.evaluation.command evaluate ...` runs the same parser.
+The handler of `blap evaluate` (its parser is `blap_cli.commands.add_evaluate_command`):
 
     blap evaluate --model M --dataset musiccaps --audio-dir DIR --output report.json
 """
@@ -12,9 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .metrics import ALL_METRICS, NGRAM_METRICS, PAPER_METRICS
-from .resources import MissingMetricResourceError, default_cache_dir
+from .resources import MissingMetricResourceError
 
-DATASETS = ("musiccaps", "song_describer", "yt8m_musictextclips")
 # The names the public CSVs are distributed under; `--csv` defaults to those found in the audio folder or its parent.
 DEFAULT_CSV_NAMES = {
     "musiccaps": ("musiccaps-public.csv",),
@@ -24,14 +21,8 @@ DEFAULT_CSV_NAMES = {
 METRIC_SETS = {"all": ALL_METRICS, "paper": PAPER_METRICS, "ngram": NGRAM_METRICS}
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _metric_names(text: str) -> tuple[str, ...]:
+def metric_names(text: str) -> tuple[str, ...]:
+    """`--metrics`: a set name of `METRIC_SETS` or a comma-separated list of metric names."""
     if text in METRIC_SETS:
         return METRIC_SETS[text]
     names = tuple(name.strip() for name in text.split(",") if name.strip())
@@ -41,61 +32,6 @@ def _metric_names(text: str) -> tuple[str, ...]:
             f"must be one of {sorted(METRIC_SETS)} or a comma-separated list of {', '.join(ALL_METRICS)}; got {text}"
         )
     return names
-
-
-def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="caption a benchmark (MusicCaps, Song Describer, YouTube8M-MusicTextClips) and score it as the paper",
-        description=(
-            "Caption every clip of a benchmark whose audio is in --audio-dir with the paper's settings (the model's"
-            " generation config and the processor's prompt unless overridden), keep the captions in a resumable JSON"
-            " Lines file, score them with the paper's metrics, write a JSON report and print the scores beside the"
-            " published rows of the paper's Table 1. Clips without audio are counted and reported. SPICE, SPIDEr and"
-            " FENSE need a one-time `blap setup-metrics` on a machine with network; `--metrics ngram` needs only Java."
-        ),
-    )
-    parser.add_argument("--model", required=True, help="a saved BLAP folder or Hub repository id")
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which benchmark")
-    parser.add_argument("--audio-dir", required=True, type=Path, help="folder with the benchmark's audio (recursive)")
-    parser.add_argument(
-        "--csv",
-        action="append",
-        type=Path,
-        help="the benchmark's public CSV (repeatable: YouTube8M-MusicTextClips takes train.csv and test.csv); default:"
-        " musiccaps-public.csv / song_describer.csv / train.csv + test.csv in --audio-dir or its parent",
-    )
-    parser.add_argument("--output", required=True, type=Path, help="the JSON report to write, e.g. report.json")
-    parser.add_argument(
-        "--predictions", type=Path, help="the JSON Lines predictions, resumed if present (default: beside --output)"
-    )
-    parser.add_argument(
-        "--split",
-        default="eval",
-        choices=("eval", "train", "all"),
-        help="MusicCaps split (default: eval)",
-    )
-    parser.add_argument(
-        "--valid-subset-only", action="store_true", help="Song Describer: only is_valid_subset captions"
-    )
-    parser.add_argument(
-        "--metrics",
-        type=_metric_names,
-        default=ALL_METRICS,
-        help="all (default), paper (Table 1's five), ngram (BLEU, METEOR, ROUGE-L, CIDEr-D: no downloads), or a"
-        " comma-separated list of metric names",
-    )
-    parser.add_argument("--metrics-cache", type=Path, help=f"the setup-metrics cache (default: {default_cache_dir()})")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate call (default 8)")
-    parser.add_argument("--num-beams", type=positive_int, help="beam search width (default: the model's)")
-    parser.add_argument("--max-new-tokens", type=positive_int, help="longest caption (default: the model's)")
-    parser.add_argument("--min-length", type=int, help="shortest caption in tokens (default: the model's)")
-    parser.add_argument("--prompt", help="instruction for the language model (default: the processor's)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU if there is one, else CPU)")
-    parser.add_argument(
-        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="model weights' dtype"
-    )
-    parser.set_defaults(handler=run_evaluate)
 
 
 def _csv_paths(args: argparse.Namespace) -> list[Path]:
@@ -130,14 +66,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 
+    from ..conversion.release import model_or_converted_release
+    from ..precision import resolve_dtype
     from .loop import run_evaluation
 
     benchmark = load_benchmark(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    processor = BlapProcessor.from_pretrained(args.model)
+    source = model_or_converted_release(args.model)
+    processor = BlapProcessor.from_pretrained(source)
     if args.prompt is not None:
         processor.prompt = args.prompt
-    model = BlapForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    model = BlapForConditionalGeneration.from_pretrained(source, dtype=resolve_dtype(args.dtype, device))
     model.to(device).eval()
     generate_kwargs = {
         name: value
@@ -170,31 +109,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 1 if report["clips_failed"] else 0
 
 
-def add_setup_metrics_command(subparsers: argparse._SubParsersAction) -> None:
-    from . import setup_metrics
-
-    parser = subparsers.add_parser(
-        "setup-metrics",
-        help="fetch what SPICE, Sentence-BERT similarity and FENSE need (run once, needs network)",
-        description=setup_metrics.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    setup_metrics.add_arguments(parser)
-    parser.set_defaults(handler=setup_metrics.run)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m transformers_blap.evaluation.command {evaluate,setup-metrics} ...`; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m transformers_blap.evaluation.command")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_evaluate_command(subparsers)
-    add_setup_metrics_command(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (OSError, ValueError) as error:
-        print(f"blap {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    """`python -m transformers_blap.evaluation.command {evaluate,setup-metrics} ...`, the same as `blap ...`."""
+    from blap_cli import main as blap_main
+
+    return blap_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,6 @@
 """
-Fetches, once and on a machine with network, what SPICE, Sentence-BERT similarity and FENSE need:
-
-    blap setup-metrics [--cache-dir DIR] [--skip-spice] [--skip-fense]
-
-- SPICE: Stanford CoreNLP 3.6.0 (about 360 MB download), through pycocoevalcap's own `get_stanford_models`, into
-  pycocoevalcap's `spice/lib/` (the installed package folder must be writable);
-- Sentence-BERT similarity and FENSE: `sentence-transformers/paraphrase-TinyBERT-L6-v2` from the Hugging Face Hub;
-- FENSE: the fluency-error detector `echecker_clotho_audiocaps_base.ckpt` from the FENSE release (SHA-256 checked)
-  and the configuration and tokenizer of `bert-base-uncased` (no weights: they come from the checkpoint).
-
-The last two go to the metrics cache (`--cache-dir`, else `$BLAP_METRICS_CACHE`, else
-`~/.cache/transformers_blap/metrics`); copy that folder to an offline machine and point `BLAP_METRICS_CACHE` at it.
-Files already present are not fetched again. A failed download ends with one line naming what could not be fetched
-from where, and why.
+Fetches, once and on a machine with network, what SPICE, Sentence-BERT similarity and FENSE need: the work of
+`blap setup-metrics` (its parser and full description: `blap_cli.commands.add_setup_metrics_command`).
 """
 
 import argparse
@@ -129,13 +117,6 @@ def setup_fense(cache_dir: str | os.PathLike) -> None:
         _download_repo_files(what, FENSE_ENCODER_REPO_ID, fense_encoder_dir(cache_dir), FENSE_ENCODER_FILES)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of the setup command (shared by `blap setup-metrics`)."""
-    parser.add_argument("--cache-dir", type=Path, help=f"metrics cache (default: {default_cache_dir()})")
-    parser.add_argument("--skip-spice", action="store_true", help="do not fetch Stanford CoreNLP for SPICE")
-    parser.add_argument("--skip-fense", action="store_true", help="do not fetch the Sentence-BERT and FENSE models")
-
-
 def run(args: argparse.Namespace) -> int:
     """Fetches what is missing, as the parsed options say; returns the exit status."""
     cache_dir = default_cache_dir() if args.cache_dir is None else args.cache_dir
@@ -153,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m transformers_blap.evaluation.setup_metrics`, the same as `blap setup-metrics`."""
-    from ..cli import main as blap_main
+    from blap_cli import main as blap_main
 
     return blap_main(["setup-metrics", *(argv or [])])
 

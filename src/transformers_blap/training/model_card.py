@@ -429,7 +429,7 @@ def write_model_card(
     if not trainer.is_world_process_zero():
         return None
     output_dir = Path(output_dir or trainer.args.output_dir)
-    base_model = finetuned_from if finetuned_from is not None else trainer.model.config._name_or_path or None
+    base_model = finetuned_from if finetuned_from is not None else trainer.model.config.name_or_path or None
     render = render_stage1_model_card if hasattr(trainer, "_option") else render_stage2_model_card
     card = render(
         trainer,
