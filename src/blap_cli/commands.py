@@ -417,7 +417,7 @@ def add_convert_laion_clap_command(subparsers: argparse._SubParsersAction) -> No
         description=(
             "A raw LAION CLAP checkpoint (`.pt`, as `laion_clap`'s `load_ckpt` reads, e.g."
             " `music_audioset_epoch_15_esc_90.14.pt`, the music-tuned HTS-AT-base) -> a `transformers.ClapAudioModel`"
-            " folder, the audio encoder that `BlapForRepresentationLearning.from_pretrained_parts` takes."
+            " folder, the audio encoder that `transformers_blap.conversion.stage1_from_pretrained_parts` takes."
         ),
     )
     parser.add_argument("checkpoint", help="the LAION CLAP .pt checkpoint")
