@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING
 from .conversion.laion_clap import add_convert_laion_clap_command
 from .conversion.original import add_convert_original_command
 from .evaluation.command import add_evaluate_command, add_setup_metrics_command, positive_int
-from .library_commands import add_export_command, add_index_command, add_search_command
+from .library_commands import (
+    add_dataset_arguments,
+    add_export_command,
+    add_index_command,
+    add_index_ray_command,
+    add_ray_arguments,
+    add_search_command,
+    load_dataset_argument,
+    ray_job_inputs,
+    ray_pool_options,
+)
 from .precision import DTYPE_CHOICES, resolve_dtype
 
 if TYPE_CHECKING:
@@ -90,21 +100,11 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_model_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    source = parser.add_argument_group(
-        "dataset input", "Caption a split of a `datasets` dataset instead of files (one process; resumable by row id)."
+    add_dataset_arguments(
+        parser,
+        "Caption a split of a `datasets` dataset instead of files (one process; resumable by row id).",
+        streaming=True,
     )
-    source.add_argument(
-        "--dataset",
-        help="a Hub dataset id, a folder (save_to_disk, Parquet shards, audiofolder) or a .parquet/.arrow/.csv/.json"
-        " file",
-    )
-    source.add_argument("--config", help="the dataset's configuration (subset)")
-    source.add_argument("--split", default="train", help="the split to caption (default train)")
-    source.add_argument("--audio-column", default="audio", help="the column holding the audio (default audio)")
-    source.add_argument(
-        "--id-column", help="a column of unique row ids, each record's identity (default: the row's index)"
-    )
-    source.add_argument("--streaming", action="store_true", help="read rows as they are captioned (large datasets)")
     tags = parser.add_argument_group(
         "zero-shot tags",
         "Score every track against a list of labels with a stage-1 model: its audio-text similarity, averaged over"
@@ -159,7 +159,7 @@ def _caption_tagger(args: argparse.Namespace, device: str) -> "ZeroShotTagger | 
 def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs, load_caption_dataset
+    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs
 
     if bool(args.inputs) == (args.dataset is not None):
         raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
@@ -169,14 +169,7 @@ def run_caption(args: argparse.Namespace) -> int:
             print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
             return 2
     else:
-        try:
-            dataset = load_caption_dataset(
-                args.dataset, config=args.config, split=args.split, streaming=args.streaming
-            )
-        except (KeyboardInterrupt, ImportError):
-            raise
-        except Exception as error:  # a missing folder, an unknown split or Hub id, ...: one line naming the dataset
-            raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
+        dataset = load_dataset_argument(args)
     device = args.device or _default_device()
     tagger = _caption_tagger(args, device)
     try:
@@ -224,51 +217,36 @@ def run_caption(args: argparse.Namespace) -> int:
 def add_caption_ray_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "caption-ray",
-        help="caption audio files on a Ray cluster (Ray Data, one model per actor) into Parquet",
+        help="caption audio files or a dataset on a Ray cluster (Ray Data, one model per actor) into Parquet",
         description=(
-            "Caption audio files, folders or lists of paths (as `blap caption`) on Ray Data: a pool of actors, one"
-            " model each, captions batches of files; the records (the fields of `blap caption`'s JSON lines) are"
-            " written as Parquet files into --output. Joins the cluster named by RAY_ADDRESS, else starts a local"
-            " Ray. A killed actor is restarted and its files retried. The exit status is 1 if any input failed."
+            "Caption audio files, folders or lists of paths (as `blap caption`), or a dataset's audio column, on Ray"
+            " Data: a pool of actors, one model each, captions batches of inputs; the records (the fields of `blap"
+            " caption`'s JSON lines) are written as Parquet files into --output. Joins the cluster named by"
+            " RAY_ADDRESS, else starts a local Ray. A killed actor is restarted and its inputs retried. The exit"
+            " status is 1 if any input failed."
         ),
     )
-    parser.add_argument("inputs", nargs="+", help="audio files, folders, or .txt files listing paths")
+    parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
     parser.add_argument("--model", required=True, help="a saved BLAP folder (readable on every node) or Hub id")
     parser.add_argument("--output", required=True, help="a new or empty folder for the Parquet files")
-    parser.add_argument("--num-actors", type=positive_int, default=1, help="captioner actors (models) (default 1)")
-    parser.add_argument(
-        "--files-per-task", type=positive_int, default=8, help="files per Ray task, the unit of retry (default 8)"
-    )
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
-    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 runs on CUDA")
+    add_ray_arguments(parser)
     _add_generation_arguments(parser)
     _add_model_arguments(parser)
+    add_dataset_arguments(parser, "Caption a split of a `datasets` dataset instead of files (ids as blap caption).")
     parser.set_defaults(handler=run_caption_ray)
 
 
 def run_caption_ray(args: argparse.Namespace) -> int:
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("blap caption-ray needs Ray: pip install 'transformers_blap[ray]'.") from None
-
-    from .captioning import expand_inputs
+    job_inputs = ray_job_inputs(args)
+    if job_inputs is None:
+        return 2
     from .ray_jobs import caption_with_ray
 
-    inputs = expand_inputs(args.inputs)
-    if not inputs:
-        print(f"blap caption-ray: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init()  # the cluster of RAY_ADDRESS, else a local one
     errors = caption_with_ray(
-        inputs,
-        args.model,
-        args.output,
-        num_actors=args.num_actors,
-        files_per_task=args.files_per_task,
-        cpus_per_actor=args.cpus_per_actor,
-        gpus_per_actor=args.gpus_per_actor,
+        model=args.model,
+        output=args.output,
+        **job_inputs,
+        **ray_pool_options(args),
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         batch_size=args.batch_size,
@@ -431,6 +409,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_setup_metrics_command,
     add_export_command,
     add_index_command,
+    add_index_ray_command,
     add_search_command,
 ]
 

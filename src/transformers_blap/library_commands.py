@@ -1,8 +1,9 @@
 """
-`blap export`, `blap index` and `blap search`: from a captioned music library to a dataset, and a text search over it.
+`blap export`, `blap index`, `blap index-ray` and `blap search`: from a captioned music library to a dataset, and a
+text search over it; and the dataset-input and Ray-pool options shared with `blap caption` and `blap caption-ray`.
 
 Each `add_<name>_command(subparsers)` declares a subcommand for `cli.COMMANDS`; the handlers import the heavy modules
-(`datasets`, faiss, the model) themselves, so `blap --help` stays light.
+(`datasets`, faiss, Ray, the model) themselves, so `blap --help` stays light.
 """
 
 import argparse
@@ -21,6 +22,96 @@ def _setting(text: str) -> tuple[str, object]:
         return name, json.loads(value)
     except json.JSONDecodeError:
         return name, value
+
+
+# ------------------------------------------------------------------------------------- dataset input, Ray pool
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, description: str, streaming: bool = False) -> None:
+    """`--dataset`, `--config`, `--split`, `--audio-column`, `--id-column` (and `--streaming`) in one group."""
+    source = parser.add_argument_group("dataset input", description)
+    source.add_argument(
+        "--dataset",
+        help="a Hub dataset id, a folder (save_to_disk, Parquet shards, audiofolder) or a .parquet/.arrow/.csv/.json"
+        " file",
+    )
+    source.add_argument("--config", help="the dataset's configuration (subset)")
+    source.add_argument("--split", default="train", help="the split to read (default train)")
+    source.add_argument("--audio-column", default="audio", help="the column holding the audio (default audio)")
+    source.add_argument(
+        "--id-column", help="a column of unique row ids, each record's identity (default: the row's index)"
+    )
+    if streaming:
+        source.add_argument("--streaming", action="store_true", help="read rows as they are needed (large datasets)")
+
+
+def load_dataset_argument(args: argparse.Namespace):
+    """The split named by [`add_dataset_arguments`]' options; a dataset that cannot be loaded is one error line."""
+    from .captioning import load_caption_dataset
+
+    try:
+        return load_caption_dataset(
+            args.dataset, config=args.config, split=args.split, streaming=getattr(args, "streaming", False)
+        )
+    except (KeyboardInterrupt, ImportError):
+        raise
+    except Exception as error:  # a missing folder, an unknown split or Hub id, ...: one line naming the dataset
+        raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """The actor-pool options of `blap caption-ray` and `blap index-ray`."""
+    parser.add_argument("--num-actors", type=positive_int, default=1, help="actors (models) in the pool (default 1)")
+    parser.add_argument(
+        "--files-per-task",
+        type=positive_int,
+        default=8,
+        help="files or dataset rows per Ray task, the unit of retry (default 8)",
+    )
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 runs on CUDA")
+
+
+def ray_job_inputs(args: argparse.Namespace) -> dict | None:
+    """
+    Start or join Ray, and the inputs of a Ray job from its `inputs` / [`add_dataset_arguments`] options: the keyword
+    arguments `inputs` and `dataset` (with its columns) of the `ray_jobs` functions, or `None` when the inputs name no
+    audio file (the command then prints so and exits with status 2).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"blap {args.command} needs Ray: pip install 'transformers_blap[ray]'.") from None
+    from .captioning import expand_inputs
+
+    if bool(args.inputs) == (args.dataset is not None):
+        raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
+    if args.dataset is None:
+        inputs = expand_inputs(args.inputs)
+        if not inputs:
+            print(f"blap {args.command}: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
+            return None
+        job_inputs = {"inputs": inputs}
+    else:
+        job_inputs = {
+            "inputs": None,
+            "dataset": load_dataset_argument(args),
+            "audio_column": args.audio_column,
+            "id_column": args.id_column,
+        }
+    if not ray.is_initialized():
+        ray.init()  # the cluster of RAY_ADDRESS, else a local one
+    return job_inputs
+
+
+def ray_pool_options(args: argparse.Namespace) -> dict:
+    """The `ray_jobs` keyword arguments set by [`add_ray_arguments`]' options."""
+    return {
+        "num_actors": args.num_actors,
+        "files_per_task": args.files_per_task,
+        "cpus_per_actor": args.cpus_per_actor,
+        "gpus_per_actor": args.gpus_per_actor,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- export
@@ -126,14 +217,61 @@ def run_index(args: argparse.Namespace) -> int:
         model, processor, inputs, hop_s=args.hop_s, batch_size=args.batch_size, progress=not args.no_progress
     )
     index.save(args.output)
+    return _report_index(args, index)
+
+
+def _report_index(args: argparse.Namespace, index) -> int:
+    """Print an index's failures and counts; the exit status: 1 if any input failed."""
     failures = index.metadata["failures"]
     for path, error in failures.items():
-        print(f"blap index: failed: {path}: {error}", file=sys.stderr)
+        print(f"blap {args.command}: failed: {path}: {error}", file=sys.stderr)
     print(
-        f"blap index: {len(index.tracks)} tracks, {len(index.window_tracks)} windows indexed in {args.output};"
-        f" {len(failures)} failed"
+        f"blap {args.command}: {len(index.tracks)} tracks, {len(index.window_tracks)} windows indexed in"
+        f" {args.output}; {len(failures)} failed"
     )
     return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------------------------------- index-ray
+
+
+def add_index_ray_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "index-ray",
+        help="`blap index` on a Ray cluster (Ray Data, one model per actor), from files or a dataset",
+        description=(
+            "Embed every window of audio files, folders or lists of paths, or of a dataset's audio column, on Ray"
+            " Data: a pool of actors, one stage-1 model each, embeds batches of inputs; the embeddings are written as"
+            " Parquet files into --output/embeddings/ and assembled into the same search index `blap index` writes"
+            " (for `blap search`). Joins the cluster named by RAY_ADDRESS, else starts a local Ray. A killed actor is"
+            " restarted and its inputs retried. The exit status is 1 if any input failed."
+        ),
+    )
+    parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
+    parser.add_argument("--model", required=True, help="a saved stage-1 BLAP folder (readable everywhere) or Hub id")
+    parser.add_argument("--output", required=True, help="a new or empty folder for the index")
+    parser.add_argument("--hop-s", type=float, help="distance between window starts in seconds (default: the window)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default 16)")
+    add_ray_arguments(parser)
+    add_dataset_arguments(parser, "Index a split of a `datasets` dataset instead of files (a row's track is its id).")
+    parser.set_defaults(handler=run_index_ray)
+
+
+def run_index_ray(args: argparse.Namespace) -> int:
+    job_inputs = ray_job_inputs(args)
+    if job_inputs is None:
+        return 2
+    from .ray_jobs import index_with_ray
+
+    index = index_with_ray(
+        model=args.model,
+        output=args.output,
+        hop_s=args.hop_s,
+        batch_size=args.batch_size,
+        **job_inputs,
+        **ray_pool_options(args),
+    )
+    return _report_index(args, index)
 
 
 # ------------------------------------------------------------------------------------------------------- search
@@ -170,4 +308,14 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_export_command", "add_index_command", "add_search_command"]
+__all__ = [
+    "add_dataset_arguments",
+    "add_export_command",
+    "add_index_command",
+    "add_index_ray_command",
+    "add_ray_arguments",
+    "add_search_command",
+    "load_dataset_argument",
+    "ray_job_inputs",
+    "ray_pool_options",
+]

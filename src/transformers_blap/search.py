@@ -93,6 +93,18 @@ def build_faiss_index(vectors: np.ndarray, approximate: bool | None = None) -> "
     return index
 
 
+def index_metadata(model: str | None, processor: BlapStage1Processor, hop_s: float | None) -> dict[str, Any]:
+    """
+    What an index records about how it was built: `model` (a folder resolved to an absolute path, so that a search
+    from elsewhere finds it; a Hub id as given), `window_s` (the processor's window) and `hop_s`.
+    """
+    return {
+        "model": str(Path(model).resolve()) if model and Path(model).is_dir() else model,
+        "window_s": float(processor.feature_extractor.max_length_s),
+        "hop_s": hop_s,
+    }
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """
@@ -296,12 +308,7 @@ class AudioSearchIndex:
             for track in embed_tracks(model, processor, paths, hop_s=hop_s, batch_size=batch_size):
                 tracks.append(track)
                 bar.update(1)
-        source = getattr(model, "name_or_path", "") or None
-        metadata = {
-            "model": str(Path(source).resolve()) if source and Path(source).is_dir() else source,
-            "window_s": float(processor.feature_extractor.max_length_s),
-            "hop_s": hop_s,
-        }
+        metadata = index_metadata(getattr(model, "name_or_path", "") or None, processor, hop_s)
         index = cls.from_embeddings(tracks, metadata, approximate=approximate)
         index._model, index._processor = model, processor
         return index
@@ -436,4 +443,4 @@ class AudioSearchIndex:
         )
 
 
-__all__ = ["AudioSearchIndex", "SearchHit", "TrackEmbeddings", "build_faiss_index", "embed_tracks"]
+__all__ = ["AudioSearchIndex", "SearchHit", "TrackEmbeddings", "build_faiss_index", "embed_tracks", "index_metadata"]
