@@ -33,7 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import anonymous_rss_bytes  # noqa: E402
 
 from transformers_blap import BlapConfig  # noqa: E402
-from transformers_blap.search import HNSW_EF_SEARCH, build_faiss_index  # noqa: E402
+from transformers_blap.search import (  # noqa: E402
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_NEIGHBORS,
+    build_faiss_index,
+)
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -82,6 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clusters", type=int, default=10_000, help="mixture components (clustered)")
     parser.add_argument("--spread", type=float, default=1.0, help="noise norm around a component (clustered)")
     parser.add_argument("--ef-search", type=int, nargs="*", default=[32, 64, 128, 256], help="efSearch sweep")
+    parser.add_argument(
+        "--neighbors", type=int, default=HNSW_NEIGHBORS, help="graph links per vector, M (default: the package's)"
+    )
+    parser.add_argument(
+        "--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION, help="efConstruction (default: the package's)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -115,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     rss = anonymous_rss_bytes()
     start = time.perf_counter()
-    approximate = build_faiss_index(vectors, approximate=True)
+    approximate = build_faiss_index(
+        vectors, approximate=True, neighbors=args.neighbors, ef_construction=args.ef_construction
+    )
     results["approximate_build_s"] = time.perf_counter() - start
     results["approximate_index_bytes"] = anonymous_rss_bytes() - rss
     graph = approximate.hnsw

@@ -593,6 +593,12 @@ def _demo_command(results: dict) -> str:
     command = f"python scripts/train_demo.py --output-dir runs/demo --variant {results['variant']}"
     if results["seed"] != 0:
         command += f" --seed {results['seed']}"
+    variant = VARIANTS[results["variant"]]
+    if results.get("stage1_only"):
+        variant = replace(variant, lm_steps=0, stage2_steps=0)
+    for name, value in results["config"].items():
+        if value != getattr(variant, name):
+            command += f" --set {name}={value}"
     if results.get("stage1_only"):
         return command + " --stage1-only --export-stage1 demo/blap-synthetic-stage1"
     return command + " --export demo/blap-synthetic --export-stage1 demo/blap-synthetic-stage1"

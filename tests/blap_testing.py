@@ -6,9 +6,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from transformers_blap import BlapForConditionalGeneration, BlapProcessor
+from transformers_blap import (
+    BlapForConditionalGeneration,
+    BlapForRepresentationLearning,
+    BlapProcessor,
+    BlapStage1Processor,
+    build_qformer_tokenizer,
+)
 
-from tiny import tiny_config, tiny_processor
+from tiny import tiny_config, tiny_feature_extractor, tiny_processor, tiny_stage1_config
 
 RATE = 16_000  # the tiny feature extractor's rate; its window is 1 s
 # Short greedy captions (at least two tokens).
@@ -39,6 +45,23 @@ def tiny_blap(tokenizer_dir: Path) -> tuple[BlapForConditionalGeneration, BlapPr
 def save_tiny_blap(folder: Path, tokenizer_dir: Path) -> Path:
     """[`tiny_blap`] saved in `folder` (model and processor)."""
     model, processor = tiny_blap(tokenizer_dir)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_stage1(folder: Path, fixture_dir: Path) -> Path:
+    """A tiny stage-1 model (1 s windows at 16 kHz, 4 query tokens of width 8) with spread-out weights and its
+    processor, saved in `folder`."""
+    torch.manual_seed(0)
+    model = BlapForRepresentationLearning(tiny_stage1_config()).eval()
+    with torch.no_grad():  # at initialisation the embeddings nearly coincide
+        for name, param in model.named_parameters():
+            if name != "temperature":
+                param.add_(0.3 * torch.randn_like(param))
+    processor = BlapStage1Processor(
+        tiny_feature_extractor(), build_qformer_tokenizer(fixture_dir / "bert-base-uncased"), max_txt_len=8
+    )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from transformers_blap import BlapForRepresentationLearning, BlapStage1Processor, build_qformer_tokenizer
+from transformers_blap import BlapForRepresentationLearning, BlapStage1Processor
 from transformers_blap.cli import main
 from transformers_blap.search import (
     HNSW_EF_SEARCH,
@@ -20,26 +20,12 @@ from transformers_blap.search import (
     embed_tracks,
 )
 
-from blap_testing import tone, write_audio
-from tiny import tiny_feature_extractor, tiny_stage1_config
+from blap_testing import save_tiny_stage1, tone, write_audio
 
 
 @pytest.fixture(scope="module")
 def tiny_stage1_dir(tmp_path_factory, fixture_dir) -> Path:
-    """A saved tiny stage-1 model (1 s windows at 16 kHz, 4 query tokens of width 8) with spread-out weights."""
-    torch.manual_seed(0)
-    model = BlapForRepresentationLearning(tiny_stage1_config()).eval()
-    with torch.no_grad():  # at initialisation the embeddings nearly coincide
-        for name, param in model.named_parameters():
-            if name != "temperature":
-                param.add_(0.3 * torch.randn_like(param))
-    processor = BlapStage1Processor(
-        tiny_feature_extractor(), build_qformer_tokenizer(fixture_dir / "bert-base-uncased"), max_txt_len=8
-    )
-    folder = tmp_path_factory.mktemp("stage1")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_stage1(tmp_path_factory.mktemp("stage1"), fixture_dir)
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     commands.add_setup_metrics_command,
     commands.add_export_command,
     commands.add_index_command,
+    commands.add_index_ray_command,
     commands.add_search_command,
 ]
 

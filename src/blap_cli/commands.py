@@ -91,6 +91,37 @@ def add_generation_arguments(parser: argparse.ArgumentParser, batch_help: str, w
 # ------------------------------------------------------------------------------------------------------ caption
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser, description: str, streaming: bool = False) -> None:
+    """`--dataset`, `--config`, `--split`, `--audio-column`, `--id-column` (and `--streaming`) in one group."""
+    source = parser.add_argument_group("dataset input", description)
+    source.add_argument(
+        "--dataset",
+        help="a Hub dataset id, a folder (save_to_disk, Parquet shards, audiofolder) or a .parquet/.arrow/.csv/.json"
+        " file",
+    )
+    source.add_argument("--config", help="the dataset's configuration (subset)")
+    source.add_argument("--split", default="train", help="the split to read (default train)")
+    source.add_argument("--audio-column", default="audio", help="the column holding the audio (default audio)")
+    source.add_argument(
+        "--id-column", help="a column of unique row ids, each record's identity (default: the row's index)"
+    )
+    if streaming:
+        source.add_argument("--streaming", action="store_true", help="read rows as they are needed (large datasets)")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """The actor-pool options of `blap caption-ray` and `blap index-ray`."""
+    parser.add_argument("--num-actors", type=positive_int, default=1, help="actors (models) in the pool (default 1)")
+    parser.add_argument(
+        "--files-per-task",
+        type=positive_int,
+        default=8,
+        help="files or dataset rows per Ray task, the unit of retry (default 8)",
+    )
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 runs on CUDA")
+
+
 def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "caption",
@@ -112,21 +143,9 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
     )
     add_generation_arguments(parser, "windows per generate call")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    source = parser.add_argument_group(
-        "dataset input", "Caption a split of a `datasets` dataset instead of files (one process; resumable by row id)."
+    add_dataset_arguments(
+        parser, "Caption a split of a `datasets` dataset instead of files (one process; resumable by row id).", True
     )
-    source.add_argument(
-        "--dataset",
-        help="a Hub dataset id, a folder (save_to_disk, Parquet shards, audiofolder) or a .parquet/.arrow/.csv/.json"
-        " file",
-    )
-    source.add_argument("--config", help="the dataset's configuration (subset)")
-    source.add_argument("--split", default="train", help="the split to caption (default train)")
-    source.add_argument("--audio-column", default="audio", help="the column holding the audio (default audio)")
-    source.add_argument(
-        "--id-column", help="a column of unique row ids, each record's identity (default: the row's index)"
-    )
-    source.add_argument("--streaming", action="store_true", help="read rows as they are captioned (large datasets)")
     tags = parser.add_argument_group(
         "zero-shot tags",
         "Score every track against a list of labels with a stage-1 model: its audio-text similarity, averaged over"
@@ -144,15 +163,16 @@ def add_caption_command(subparsers: argparse._SubParsersAction) -> None:
 def add_caption_ray_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "caption-ray",
-        help="caption audio files on a Ray cluster (Ray Data, one model per actor) into Parquet",
+        help="caption audio files or a dataset on a Ray cluster (Ray Data, one model per actor) into Parquet",
         description=(
-            "Caption audio files, folders or lists of paths (as `blap caption`) on Ray Data: a pool of actors, one"
-            " model each, captions batches of files; the records (the fields of `blap caption`'s JSON lines) are"
-            " written as Parquet files into --output. Joins the cluster named by RAY_ADDRESS, else starts a local"
-            " Ray. A killed actor is restarted and its files retried. The exit status is 1 if any input failed."
+            "Caption audio files, folders or lists of paths (as `blap caption`), or a dataset's audio column, on Ray"
+            " Data: a pool of actors, one model each, captions batches of inputs; the records (the fields of `blap"
+            " caption`'s JSON lines) are written as Parquet files into --output. Joins the cluster named by"
+            " RAY_ADDRESS, else starts a local Ray. A killed actor is restarted and its inputs retried. The exit"
+            " status is 1 if any input failed."
         ),
     )
-    parser.add_argument("inputs", nargs="+", help="audio files, folders, or .txt files listing paths")
+    parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
     add_model_arguments(
         parser,
         model_help="a saved BLAP folder (readable on every node) or Hub id",
@@ -160,13 +180,9 @@ def add_caption_ray_command(subparsers: argparse._SubParsersAction) -> None:
         trust_remote_code=True,
     )
     parser.add_argument("--output", required=True, help="a new or empty folder for the Parquet files")
-    parser.add_argument("--num-actors", type=positive_int, default=1, help="captioner actors (models) (default 1)")
-    parser.add_argument(
-        "--files-per-task", type=positive_int, default=8, help="files per Ray task, the unit of retry (default 8)"
-    )
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
-    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 runs on CUDA")
+    add_ray_arguments(parser)
     add_generation_arguments(parser, "windows per generate call")
+    add_dataset_arguments(parser, "Caption a split of a `datasets` dataset instead of files (ids as blap caption).")
     parser.set_defaults(handler="transformers_blap.cli:run_caption_ray")
 
 
@@ -271,6 +287,28 @@ def add_index_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default 16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(handler="transformers_blap.library_commands:run_index")
+
+
+def add_index_ray_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "index-ray",
+        help="`blap index` on a Ray cluster (Ray Data, one model per actor), from files or a dataset",
+        description=(
+            "Embed every window of audio files, folders or lists of paths, or of a dataset's audio column, on Ray"
+            " Data: a pool of actors, one stage-1 model each, embeds batches of inputs; the embeddings are written as"
+            " Parquet files into --output/embeddings/ and assembled into the same search index `blap index` writes"
+            " (for `blap search`). Joins the cluster named by RAY_ADDRESS, else starts a local Ray. A killed actor is"
+            " restarted and its inputs retried. The exit status is 1 if any input failed."
+        ),
+    )
+    parser.add_argument("inputs", nargs="*", help="audio files, folders, or .txt files listing paths")
+    parser.add_argument("--model", required=True, help="a saved stage-1 BLAP folder (readable everywhere) or Hub id")
+    parser.add_argument("--output", required=True, help="a new or empty folder for the index")
+    parser.add_argument("--hop-s", type=float, help="distance between window starts in seconds (default: the window)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default 16)")
+    add_ray_arguments(parser)
+    add_dataset_arguments(parser, "Index a split of a `datasets` dataset instead of files (a row's track is its id).")
+    parser.set_defaults(handler="transformers_blap.library_commands:run_index_ray")
 
 
 def add_search_command(subparsers: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from blap_cli import main
 
+from .library_commands import load_dataset_argument, ray_job_inputs, ray_pool_options
 from .precision import resolve_dtype
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def _caption_tagger(args: argparse.Namespace, device: str) -> "ZeroShotTagger | 
 def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs, load_caption_dataset
+    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs
     from .conversion.release import model_or_converted_release
 
     if bool(args.inputs) == (args.dataset is not None):
@@ -86,14 +87,7 @@ def run_caption(args: argparse.Namespace) -> int:
             print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
             return 2
     else:
-        try:
-            dataset = load_caption_dataset(
-                args.dataset, config=args.config, split=args.split, streaming=args.streaming
-            )
-        except (KeyboardInterrupt, ImportError):
-            raise
-        except Exception as error:  # a missing folder, an unknown split or Hub id, ...: one line naming the dataset
-            raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
+        dataset = load_dataset_argument(args)
     device = args.device or _default_device()
     tagger = _caption_tagger(args, device)
     try:
@@ -139,29 +133,17 @@ def run_caption(args: argparse.Namespace) -> int:
 
 
 def run_caption_ray(args: argparse.Namespace) -> int:
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("blap caption-ray needs Ray: pip install 'transformers_blap[ray]'.") from None
-
-    from .captioning import expand_inputs
+    job_inputs = ray_job_inputs(args)
+    if job_inputs is None:
+        return 2
     from .conversion.release import model_or_converted_release
     from .ray_jobs import caption_with_ray
 
-    inputs = expand_inputs(args.inputs)
-    if not inputs:
-        print(f"blap caption-ray: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init()  # the cluster of RAY_ADDRESS, else a local one
     errors = caption_with_ray(
-        inputs,
-        model_or_converted_release(args.model),
-        args.output,
-        num_actors=args.num_actors,
-        files_per_task=args.files_per_task,
-        cpus_per_actor=args.cpus_per_actor,
-        gpus_per_actor=args.gpus_per_actor,
+        model=model_or_converted_release(args.model),
+        output=args.output,
+        **job_inputs,
+        **ray_pool_options(args),
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         batch_size=args.batch_size,

@@ -1,5 +1,6 @@
 """
-`blap export`, `blap index` and `blap search`: from a captioned music library to a dataset, and a text search over it.
+`blap export`, `blap index`, `blap index-ray` and `blap search`: from a captioned music library to a dataset, and a
+text search over it; and the dataset input and Ray pool shared with `blap caption` and `blap caption-ray`.
 
 The handlers (`argparse.Namespace -> int` exit status) of the parsers in `blap_cli.commands`; they import the heavy
 modules (`datasets`, faiss, the model) themselves.
@@ -9,6 +10,68 @@ import argparse
 import json
 import shlex
 import sys
+
+# ------------------------------------------------------------------------------------- dataset input, Ray pool
+
+
+def load_dataset_argument(args: argparse.Namespace):
+    """
+    The split named by the dataset-input options (`blap_cli.commands.add_dataset_arguments`); a dataset that cannot
+    be loaded is one error line.
+    """
+    from .captioning import load_caption_dataset
+
+    try:
+        return load_caption_dataset(
+            args.dataset, config=args.config, split=args.split, streaming=getattr(args, "streaming", False)
+        )
+    except (KeyboardInterrupt, ImportError):
+        raise
+    except Exception as error:  # a missing folder, an unknown split or Hub id, ...: one line naming the dataset
+        raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
+
+
+def ray_job_inputs(args: argparse.Namespace) -> dict | None:
+    """
+    Start or join Ray, and the inputs of a Ray job from its `inputs` / dataset-input options: the keyword arguments
+    `inputs` and `dataset` (with its columns) of the `ray_jobs` functions, or `None` when the inputs name no audio
+    file (the command then prints so and exits with status 2).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"blap {args.command} needs Ray: pip install 'transformers_blap[ray]'.") from None
+    from .captioning import expand_inputs
+
+    if bool(args.inputs) == (args.dataset is not None):
+        raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
+    if args.dataset is None:
+        inputs = expand_inputs(args.inputs)
+        if not inputs:
+            print(f"blap {args.command}: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
+            return None
+        job_inputs = {"inputs": inputs}
+    else:
+        job_inputs = {
+            "inputs": None,
+            "dataset": load_dataset_argument(args),
+            "audio_column": args.audio_column,
+            "id_column": args.id_column,
+        }
+    if not ray.is_initialized():
+        ray.init()  # the cluster of RAY_ADDRESS, else a local one
+    return job_inputs
+
+
+def ray_pool_options(args: argparse.Namespace) -> dict:
+    """The `ray_jobs` keyword arguments set by [`add_ray_arguments`]' options."""
+    return {
+        "num_actors": args.num_actors,
+        "files_per_task": args.files_per_task,
+        "cpus_per_actor": args.cpus_per_actor,
+        "gpus_per_actor": args.gpus_per_actor,
+    }
+
 
 # ------------------------------------------------------------------------------------------------------- export
 
@@ -58,14 +121,39 @@ def run_index(args: argparse.Namespace) -> int:
         model, processor, inputs, hop_s=args.hop_s, batch_size=args.batch_size, progress=not args.no_progress
     )
     index.save(args.output)
+    return _report_index(args, index)
+
+
+def _report_index(args: argparse.Namespace, index) -> int:
+    """Print an index's failures and counts; the exit status: 1 if any input failed."""
     failures = index.metadata["failures"]
     for path, error in failures.items():
-        print(f"blap index: failed: {path}: {error}", file=sys.stderr)
+        print(f"blap {args.command}: failed: {path}: {error}", file=sys.stderr)
     print(
-        f"blap index: {len(index.tracks)} tracks, {len(index.window_tracks)} windows indexed in {args.output};"
-        f" {len(failures)} failed"
+        f"blap {args.command}: {len(index.tracks)} tracks, {len(index.window_tracks)} windows indexed in"
+        f" {args.output}; {len(failures)} failed"
     )
     return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------------------------------- index-ray
+
+
+def run_index_ray(args: argparse.Namespace) -> int:
+    job_inputs = ray_job_inputs(args)
+    if job_inputs is None:
+        return 2
+    from .ray_jobs import index_with_ray
+
+    index = index_with_ray(
+        model=args.model,
+        output=args.output,
+        hop_s=args.hop_s,
+        batch_size=args.batch_size,
+        **job_inputs,
+        **ray_pool_options(args),
+    )
+    return _report_index(args, index)
 
 
 # ------------------------------------------------------------------------------------------------------- search
@@ -85,4 +173,12 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_export", "run_index", "run_search"]
+__all__ = [
+    "load_dataset_argument",
+    "ray_job_inputs",
+    "ray_pool_options",
+    "run_export",
+    "run_index",
+    "run_index_ray",
+    "run_search",
+]

@@ -61,7 +61,14 @@ HNSW_EF_SEARCH = 128
 INDEX_FORMAT_VERSION = 1
 
 
-def build_faiss_index(vectors: np.ndarray, approximate: bool | None = None) -> "faiss.Index":
+def build_faiss_index(
+    vectors: np.ndarray,
+    approximate: bool | None = None,
+    *,
+    neighbors: int = HNSW_NEIGHBORS,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    ef_search: int = HNSW_EF_SEARCH,
+) -> "faiss.Index":
     """
     A faiss inner-product index over unit vectors.
 
@@ -69,6 +76,8 @@ def build_faiss_index(vectors: np.ndarray, approximate: bool | None = None) -> "
         vectors (`np.ndarray` of shape `(num_rows, embed_dim)`): unit-norm float32 vectors.
         approximate (`bool`, *optional*): graph index `IndexHNSWFlat` (`True`) or exact `IndexFlatIP` (`False`); by
             default exact up to `EXACT_SEARCH_MAX_ROWS` rows.
+        neighbors, ef_construction, ef_search (`int`, *optional*): the graph's settings (default: `HNSW_NEIGHBORS`,
+            `HNSW_EF_CONSTRUCTION`, `HNSW_EF_SEARCH`).
 
     Returns:
         `faiss.Index` holding `vectors` (row `i` has id `i`); an approximate one carries its `efSearch`, which
@@ -86,11 +95,23 @@ def build_faiss_index(vectors: np.ndarray, approximate: bool | None = None) -> "
         # HNSW rather than inverted lists: at 1M clustered vectors of width 256, IVF (2000 lists) reached recall@10
         # 0.88 at 79x exact speed, this graph 0.91 at 87x (benchmarks/search-cpu.json). efConstruction 40 keeps the
         # build about 15 min on a loaded 2-core machine; a larger one builds a better graph, slower.
-        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
+        index = faiss.IndexHNSWFlat(dim, neighbors, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
     index.add(vectors)
     return index
+
+
+def index_metadata(model: str | None, processor: BlapStage1Processor, hop_s: float | None) -> dict[str, Any]:
+    """
+    What an index records about how it was built: `model` (a folder resolved to an absolute path, so that a search
+    from elsewhere finds it; a Hub id as given), `window_s` (the processor's window) and `hop_s`.
+    """
+    return {
+        "model": str(Path(model).resolve()) if model and Path(model).is_dir() else model,
+        "window_s": float(processor.feature_extractor.max_length_s),
+        "hop_s": hop_s,
+    }
 
 
 @dataclass(frozen=True)
@@ -296,12 +317,7 @@ class AudioSearchIndex:
             for track in embed_tracks(model, processor, paths, hop_s=hop_s, batch_size=batch_size):
                 tracks.append(track)
                 bar.update(1)
-        source = getattr(model, "name_or_path", "") or None
-        metadata = {
-            "model": str(Path(source).resolve()) if source and Path(source).is_dir() else source,
-            "window_s": float(processor.feature_extractor.max_length_s),
-            "hop_s": hop_s,
-        }
+        metadata = index_metadata(getattr(model, "name_or_path", "") or None, processor, hop_s)
         index = cls.from_embeddings(tracks, metadata, approximate=approximate)
         index._model, index._processor = model, processor
         return index
@@ -436,4 +452,4 @@ class AudioSearchIndex:
         )
 
 
-__all__ = ["AudioSearchIndex", "SearchHit", "TrackEmbeddings", "build_faiss_index", "embed_tracks"]
+__all__ = ["AudioSearchIndex", "SearchHit", "TrackEmbeddings", "build_faiss_index", "embed_tracks", "index_metadata"]
