@@ -2,7 +2,6 @@
 
 import contextlib
 import copy
-import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -44,9 +43,6 @@ from .configuration_blap import BlapConfig, conversion_module, original_release_
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
-# Marks a folder written by a LoRA stage-2 run (`transformers_blap.training.save_stage2_adapter`): an adapter and the
-# stage-2 weights on top of a base model, which `BlapForConditionalGeneration.from_pretrained` loads together.
-STAGE2_ADAPTER_MANIFEST = "blap_stage2_adapter.json"
 
 
 @dataclass
@@ -355,27 +351,12 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "BlapForConditionalGeneration":
         """
-        `PreTrainedModel.from_pretrained`, which also opens two folders that are not plain transformers checkpoints:
-        - a local folder written by a LoRA stage-2 run (it holds `blap_stage2_adapter.json`) loads as the base model it
-          was trained from with the adapter and the stage-2 weights applied
-          (`transformers_blap.training.load_stage2_lora_folder`), so `pipeline("audio-to-text", model=folder)` works;
-        - the authors' original release as it is published (a Hub repository or folder holding its `.ckpt` and
-          `config.json`, e.g. `"Tino3141/blap"`): converted once, the converted folder kept in the Hugging Face cache
-          per revision (`configuration_blap.original_release_source`).
+        `PreTrainedModel.from_pretrained`, which also opens the authors' original release as it is published (a Hub
+        repository or folder holding its `.ckpt` and `config.json`, e.g. `"Tino3141/blap"`): converted once, the
+        converted folder kept in the Hugging Face cache per revision (`configuration_blap.original_release_source`).
+        A LoRA stage-2 run's folder is a peft adapter: `transformers_blap.training.load_lora_captioner(folder)`.
         """
-        path = pretrained_model_name_or_path
-        if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STAGE2_ADAPTER_MANIFEST)):
-            try:  # by name: the training code is not among the files a Hub repository carries for remote code
-                stage2 = importlib.import_module("transformers_blap.training.stage2")
-            except ImportError:
-                raise OSError(
-                    f"{os.fspath(path)} holds a BLAP LoRA adapter, not a whole model: pip install"
-                    " 'transformers_blap[train]' and load it with"
-                    " transformers_blap.training.load_stage2_lora_folder(path)."
-                ) from None
-            dtype = kwargs.get("dtype")
-            return stage2.load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
-        source = original_release_source(path, kwargs)
+        source = original_release_source(pretrained_model_name_or_path, kwargs)
         return super().from_pretrained(source, *model_args, **kwargs)
 
     @staticmethod

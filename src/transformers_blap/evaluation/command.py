@@ -7,6 +7,7 @@ The `blap evaluate` and `blap setup-metrics` subcommands, written in the style o
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,7 +138,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     processor = BlapProcessor.from_pretrained(args.model)
     if args.prompt is not None:
         processor.prompt = args.prompt
-    model = BlapForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    if os.path.isfile(os.path.join(args.model, "adapter_config.json")):  # a LoRA run's peft adapter folder
+        from ..training.lora import load_lora_captioner
+
+        model = load_lora_captioner(args.model, dtype=getattr(torch, args.dtype))
+    else:
+        model = BlapForConditionalGeneration.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     model.to(device).eval()
     generate_kwargs = {
         name: value
