@@ -472,7 +472,7 @@ class BlapStage2Trainer(TrainingCardMixin, HubErrorsInTrainer, Seq2SeqTrainer):
 
     def decode_predictions(self, predictions: np.ndarray) -> list[str]:
         """
-        Generated token ids (padded with -100 across processes, with the pad token by `Seq2SeqTrainer`) to text.
+        Generated token ids (padded with -100 by the evaluation loop across batches and processes) to text.
 
         Args:
             predictions (`np.ndarray` of shape `(num_examples, length)`).
