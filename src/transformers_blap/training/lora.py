@@ -17,6 +17,7 @@ generation settings (`generation_config.json`).
 """
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +86,10 @@ def add_lora(
     # peft records `model.name_or_path` as the base; a local folder is recorded absolute (the adapter is read from
     # elsewhere).
     base = model.name_or_path
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21.2 reads transformers' deprecated `is_gradient_checkpointing` while wrapping; not the user's to fix.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     if base and Path(base).exists():
         peft_model.peft_config["default"].base_model_name_or_path = str(Path(base).resolve())
     targeted = {name.split(".lora_")[0] for name, _ in model.named_parameters() if ".lora_" in name}
