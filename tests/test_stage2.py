@@ -17,6 +17,7 @@ from transformers_blap import (
     BlapForConditionalGeneration,
     BlapForRepresentationLearning,
 )
+from transformers_blap.cli import main as cli_main
 from transformers_blap.modeling_blap import caption_loss
 from transformers_blap.training import (
     BlapDataCollator,
@@ -357,12 +358,15 @@ def test_lora_trains_adapter_and_stage2_weights_and_saves_a_peft_folder(processo
     with torch.no_grad():
         torch.testing.assert_close(captioner_model(**batch).logits, expected, rtol=1e-4, atol=1e-5)
     captioner = pipeline("audio-to-text", model=captioner_model, processor=str(out), device="cpu")
-    assert (
-        captioner(clip_dataset[0]["audio"])[0]["generated_text"]
-        == processor.batch_decode(
-            trainer.model.generate(**_batch(processor, clip_dataset, size=1)), skip_special_tokens=True
-        )[0].strip()
-    )
+    trained_caption = processor.batch_decode(
+        trainer.model.generate(**_batch(processor, clip_dataset, size=1)), skip_special_tokens=True
+    )[0].strip()
+    assert captioner(clip_dataset[0]["audio"])[0]["generated_text"] == trained_caption
+    # `blap caption --model FOLDER` takes the adapter folder.
+    captions = tmp_path / "captions.jsonl"
+    clip = clip_dataset[0]["audio"]
+    assert cli_main(["caption", clip, "--model", str(out), "--output", str(captions), "--no-progress"]) == 0
+    assert [json.loads(line)["caption"] for line in captions.read_text().splitlines()] == [trained_caption]
     (tmp_path / "base").rename(tmp_path / "moved")
     with pytest.raises(OSError, match=r"not on this machine: pass `base=`"):
         load_lora_captioner(out)

@@ -181,16 +181,16 @@ def run_caption(args: argparse.Namespace) -> int:
     tagger = _caption_tagger(args, device)
     try:
         dtype = resolve_dtype(args.dtype, device)
-        model = args.model
+        model, processor = args.model, None
         # A LoRA run's peft adapter folder (checked by name: the training code needs the `train` extra).
         if os.path.isfile(os.path.join(args.model, "adapter_config.json")):
             from .training.lora import load_lora_captioner
 
-            model = load_lora_captioner(args.model, dtype=dtype)
+            model, processor = load_lora_captioner(args.model, dtype=dtype), args.model
         pipe = pipeline(
             "audio-to-text",
             model=model,
-            processor=args.model,
+            processor=processor,
             device=device,
             dtype=dtype,
             trust_remote_code=args.trust_remote_code,

@@ -410,7 +410,7 @@ def write_model_card(
     if not trainer.is_world_process_zero():
         return None
     output_dir = Path(output_dir or trainer.args.output_dir)
-    base_model = finetuned_from if finetuned_from is not None else trainer.model.config._name_or_path or None
+    base_model = finetuned_from if finetuned_from is not None else trainer.model.config.name_or_path or None
     card = render_training_card(
         trainer,
         model_name=model_name or output_dir.name,
