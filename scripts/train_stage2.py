@@ -194,7 +194,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     set_generation_defaults(model, model_args)
     processor = build_processor(model_args)
     if model_args.use_lora:
-        add_lora(
+        model = add_lora(
             model,
             r=model_args.lora_r,
             lora_alpha=model_args.lora_alpha,

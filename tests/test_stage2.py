@@ -10,19 +10,21 @@ import huggingface_hub
 import pytest
 import safetensors.torch
 import torch
+from peft import PeftModel
 from transformers import EarlyStoppingCallback, T5ForConditionalGeneration, pipeline
 
 from transformers_blap import (
     BlapForConditionalGeneration,
     BlapForRepresentationLearning,
 )
+from transformers_blap.cli import main as cli_main
 from transformers_blap.modeling_blap import caption_loss
 from transformers_blap.training import (
     BlapDataCollator,
     BlapStage2Trainer,
     add_lora,
     configure_stage2_trainable,
-    load_stage2_adapter,
+    load_lora_captioner,
     load_stage2_model,
     warn_if_float16,
 )
@@ -298,18 +300,29 @@ def test_best_checkpoint_and_early_stopping_follow_the_chosen_metric(processor, 
 # ---------------------------------------------------------------------------------------------------------- LoRA
 
 
-def test_lora_trains_adapter_and_stage2_weights_and_saves_only_them(processor, clip_dataset, tmp_path):
-    model = deterministic_model()
-    model.save_pretrained(tmp_path / "base")
-    model = BlapForConditionalGeneration.from_pretrained(tmp_path / "base")
-    add_lora(model, r=2, lora_alpha=4, lora_dropout=0.0)
+def _stage2_names(model: BlapForConditionalGeneration) -> list[str]:
+    names = [name for name, _ in model.named_parameters()]
+    return sorted(name for name in names if name == "query_tokens" or name.startswith(STAGE2_PREFIXES))
+
+
+def _lora_base(tmp_path: Path) -> BlapForConditionalGeneration:
+    deterministic_model().save_pretrained(tmp_path / "base")
+    return BlapForConditionalGeneration.from_pretrained(tmp_path / "base")
+
+
+def test_lora_trains_adapter_and_stage2_weights_and_saves_a_peft_folder(processor, clip_dataset, tmp_path):
+    stage2 = _stage2_names(deterministic_model())
+    model = add_lora(_lora_base(tmp_path), r=2, lora_alpha=4, lora_dropout=0.0)
+    assert isinstance(model, PeftModel)
     trainer = BlapStage2Trainer(
         model, sgd_args(tmp_path / "out", learning_rate=0.1), train_dataset=clip_dataset, processing_class=processor
     )
     lora = [name for name in trainer.trainable_parameter_names if ".lora_" in name]
-    stage2 = [name for name in trainer.trainable_parameter_names if ".lora_" not in name]
-    names = [name for name, _ in model.named_parameters()]
-    assert stage2 == sorted(name for name in names if name == "query_tokens" or name.startswith(STAGE2_PREFIXES))
+    copies = [name for name in trainer.trainable_parameter_names if ".lora_" not in name]
+    # peft's trainable copies of the stage-2 modules (`modules_to_save`) and the query tokens; not the originals.
+    assert copies == sorted(
+        name if name == "query_tokens" else name.replace(".", ".modules_to_save.default.", 1) for name in stage2
+    )
     # q and v of every T5 attention: 2 encoder layers x 1 + 2 decoder layers x 2 attentions, x (q, v) x (A, B).
     assert len(lora) == (2 + 4) * 2 * 2
     assert all(".SelfAttention." in name or ".EncDecAttention." in name for name in lora)
@@ -318,47 +331,53 @@ def test_lora_trains_adapter_and_stage2_weights_and_saves_only_them(processor, c
     trainer.save_model()
 
     out = tmp_path / "out"
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in (out / "lora").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json"} <= {
+        path.name for path in out.iterdir()
+    }
     assert not list(out.glob("**/model*.safetensors"))
-    saved_lora = safetensors.torch.load_file(out / "lora" / "adapter_model.safetensors")
-    saved_stage2 = safetensors.torch.load_file(out / "stage2_trainable.safetensors")
-    assert len(saved_lora) == len(lora) and sorted(saved_stage2) == stage2
+    saved = safetensors.torch.load_file(out / "adapter_model.safetensors")
+    assert sorted(key.removeprefix("base_model.model.") for key in saved if ".lora_" not in key) == stage2
+    assert len([key for key in saved if ".lora_" in key]) == len(lora)
 
-    reloaded = load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), out)
     batch = _batch(processor, clip_dataset, size=2)
+    generation = {"input_features": batch["input_features"], "input_ids": batch["input_ids"]}
     trainer.model.eval()
     with torch.no_grad():
-        expected, actual = trainer.model(**batch), reloaded.eval()(**batch)
-    torch.testing.assert_close(actual.logits, expected.logits)
-    generation = {"input_features": batch["input_features"], "input_ids": batch["input_ids"]}
+        expected = trainer.model(**batch).logits
+        base = BlapForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+        assert not torch.allclose(base(**batch).logits, expected)
+        # peft's own API opens the folder onto the base model: the trained model, query tokens included.
+        reloaded = PeftModel.from_pretrained(base, out).eval()
+        torch.testing.assert_close(reloaded(**batch).logits, expected)
     assert torch.equal(reloaded.generate(**generation), trainer.model.generate(**generation))
-    base = BlapForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
-    with torch.no_grad():
-        assert not torch.allclose(base(**batch).logits, expected.logits)
 
-    # The folder opens like a PEFT folder: base model (named in the manifest) + adapter + stage-2 weights, never
-    # silently the base model alone; the pipeline takes it too.
-    captioner = pipeline("audio-to-text", model=str(out), device="cpu")
-    for opened in (BlapForConditionalGeneration.from_pretrained(out), captioner.model):
-        with torch.no_grad():
-            torch.testing.assert_close(opened(**batch).logits, expected.logits)
-        assert not any(param.requires_grad for param in opened.parameters())
-    assert (
-        captioner(clip_dataset[0]["audio"])[0]["generated_text"]
-        == processor.batch_decode(
-            trainer.model.generate(**_batch(processor, clip_dataset, size=1)), skip_special_tokens=True
-        )[0].strip()
-    )
+    # load_lora_captioner: the base named in the folder, merged, nothing trainable; the pipeline takes it.
+    captioner_model = load_lora_captioner(out)
+    assert isinstance(captioner_model, BlapForConditionalGeneration)
+    assert not any(param.requires_grad for param in captioner_model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(captioner_model(**batch).logits, expected, rtol=1e-4, atol=1e-5)
+    captioner = pipeline("audio-to-text", model=captioner_model, processor=str(out), device="cpu")
+    trained_caption = processor.batch_decode(
+        trainer.model.generate(**_batch(processor, clip_dataset, size=1)), skip_special_tokens=True
+    )[0].strip()
+    assert captioner(clip_dataset[0]["audio"])[0]["generated_text"] == trained_caption
+    # `blap caption --model FOLDER` takes the adapter folder.
+    captions = tmp_path / "captions.jsonl"
+    clip = clip_dataset[0]["audio"]
+    assert cli_main(["caption", clip, "--model", str(out), "--output", str(captions), "--no-progress"]) == 0
+    assert [json.loads(line)["caption"] for line in captions.read_text().splitlines()] == [trained_caption]
     (tmp_path / "base").rename(tmp_path / "moved")
-    with pytest.raises(OSError, match=r"not on this machine: load it with .*load_stage2_adapter"):
-        BlapForConditionalGeneration.from_pretrained(out)
+    with pytest.raises(OSError, match=r"not on this machine: pass `base=`"):
+        load_lora_captioner(out)
+    with torch.no_grad():
+        moved = load_lora_captioner(out, base=tmp_path / "moved", merge=False)
+        assert isinstance(moved, PeftModel)
+        torch.testing.assert_close(moved(**batch).logits, expected)
 
 
 def test_lora_best_checkpoint_and_resume_read_the_adapter_back(processor, clip_dataset, tmp_path):
-    model = deterministic_model()
-    model.save_pretrained(tmp_path / "base")
-    model = BlapForConditionalGeneration.from_pretrained(tmp_path / "base")
-    add_lora(model, r=2, lora_dropout=0.0)
+    model = add_lora(_lora_base(tmp_path), r=2, lora_dropout=0.0)
     args = sgd_args(
         tmp_path / "out",
         learning_rate=0.05,
@@ -382,21 +401,16 @@ def test_lora_best_checkpoint_and_resume_read_the_adapter_back(processor, clip_d
     trainer.train()
     best = tmp_path / "out" / "checkpoint-1"
     assert trainer.state.best_model_checkpoint == str(best)
-    state = dict(trainer.model.named_parameters())
-    best_stage2 = safetensors.torch.load_file(best / "stage2_trainable.safetensors")
-    last_stage2 = safetensors.torch.load_file(tmp_path / "out" / "checkpoint-2" / "stage2_trainable.safetensors")
-    assert not torch.equal(best_stage2["query_tokens"], last_stage2["query_tokens"])
-    for name, value in best_stage2.items():
+    best_weights = _adapter_weights_by_parameter(trainer.model, best)
+    last_weights = _adapter_weights_by_parameter(trainer.model, tmp_path / "out" / "checkpoint-2")
+    assert not torch.equal(best_weights["query_tokens"], last_weights["query_tokens"])
+    state = dict(trainer.model.get_base_model().named_parameters())
+    for name, value in best_weights.items():  # LoRA weights, stage-2 copies and query tokens: the best step's
         torch.testing.assert_close(state[name], value, msg=name)
-    best_lora = safetensors.torch.load_file(best / "lora" / "adapter_model.safetensors")
-    for key, value in best_lora.items():
-        name = key.removeprefix("base_model.model.").replace(".weight", ".default.weight")
-        torch.testing.assert_close(state[name], value, msg=name)
-        assert state[name].requires_grad
 
     args.load_best_model_at_end = False
     resumed = BlapStage2Trainer(
-        add_lora_to(BlapForConditionalGeneration.from_pretrained(tmp_path / "base")),
+        add_lora(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), r=2, lora_dropout=0.0),
         args,
         train_dataset=clip_dataset,
         eval_dataset=clip_dataset.select(range(1)),
@@ -405,15 +419,25 @@ def test_lora_best_checkpoint_and_resume_read_the_adapter_back(processor, clip_d
     )
     resumed.train(resume_from_checkpoint=str(best))
     assert resumed.state.global_step == 2
-    final = safetensors.torch.load_file(tmp_path / "out" / "checkpoint-2" / "stage2_trainable.safetensors")
-    for name, value in dict(resumed.model.named_parameters()).items():
-        if name in final:
-            torch.testing.assert_close(value, final[name], msg=name)
+    state = dict(resumed.model.get_base_model().named_parameters())
+    for name, value in _adapter_weights_by_parameter(resumed.model, tmp_path / "out" / "checkpoint-2").items():
+        torch.testing.assert_close(state[name], value, msg=name)
+        assert state[name].requires_grad, name
 
 
-def add_lora_to(model: BlapForConditionalGeneration) -> BlapForConditionalGeneration:
-    add_lora(model, r=2, lora_dropout=0.0)
-    return model
+def _adapter_weights_by_parameter(model: PeftModel, folder: Path) -> dict[str, torch.Tensor]:
+    """An adapter folder's weights by the name of the parameter they load into (the trainable copy, the adapter)."""
+    names = {name for name, _ in model.get_base_model().named_parameters()}
+    weights = {}
+    for key, value in safetensors.torch.load_file(folder / "adapter_model.safetensors").items():
+        key = key.removeprefix("base_model.model.")
+        candidates = [
+            key,
+            key.replace(".weight", ".default.weight"),
+            key.replace(".", ".modules_to_save.default.", 1),
+        ]
+        weights[next(name for name in candidates if name in names)] = value
+    return weights
 
 
 def test_lora_targets_only_the_language_model():
@@ -557,12 +581,11 @@ def test_lora_finetuning_from_the_command_line_saves_the_adapter(processor, tmp_
             "--use_cpu", "--report_to", "none", "--no_phrase_dropping",
         ]
     )  # fmt: skip
-    assert (output / "lora" / "adapter_model.safetensors").is_file()
-    assert (output / "stage2_trainable.safetensors").is_file() and not (output / "model.safetensors").exists()
+    assert (output / "adapter_model.safetensors").is_file() and not (output / "model.safetensors").exists()
     card = (output / "README.md").read_text()
     assert "library_name: transformers" in card and "- lora\n" in card
     assert "| lora | r=2," in card and "caption_augmentation | None" in card
-    model = load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(tmp_path / "base"), output)
+    model = load_lora_captioner(output)
     assert not any(param.requires_grad for param in model.parameters())
 
 

@@ -91,11 +91,19 @@ def run_caption(args: argparse.Namespace) -> int:
     device = args.device or _default_device()
     tagger = _caption_tagger(args, device)
     try:
+        dtype = resolve_dtype(args.dtype, device)
+        model, processor = model_or_converted_release(args.model), None
+        # A LoRA run's peft adapter folder (checked by name: the training code needs the `train` extra).
+        if os.path.isfile(os.path.join(args.model, "adapter_config.json")):
+            from .training.lora import load_lora_captioner
+
+            model, processor = load_lora_captioner(args.model, dtype=dtype), args.model
         pipe = pipeline(
             "audio-to-text",
-            model=model_or_converted_release(args.model),
+            model=model,
+            processor=processor,
             device=device,
-            dtype=resolve_dtype(args.dtype, device),
+            dtype=dtype,
             trust_remote_code=args.trust_remote_code,
         )
     except (KeyboardInterrupt, ImportError):

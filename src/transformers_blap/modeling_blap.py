@@ -2,7 +2,6 @@
 
 import contextlib
 import copy
-import importlib
 import os
 from dataclasses import dataclass
 
@@ -38,9 +37,6 @@ from .remote_code_blap import HUB_TAGS, add_remote_code
 
 # The release's usage example: 10 beams, 40 new tokens, at least 30 tokens.
 BLAP_GENERATION_DEFAULTS = {"num_beams": 10, "max_new_tokens": 40, "min_length": 30}
-# Marks a folder written by a LoRA stage-2 run (`transformers_blap.training.save_stage2_adapter`): an adapter and the
-# stage-2 weights on top of a base model, which `BlapForConditionalGeneration.from_pretrained` loads together.
-STAGE2_ADAPTER_MANIFEST = "blap_stage2_adapter.json"
 
 
 @dataclass
@@ -474,28 +470,6 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         self.post_init()
         self.generation_config = self._default_generation_config(config)
         self.add_model_tags(list(HUB_TAGS))  # the tags of transformers' `push_to_hub` model card
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "BlapForConditionalGeneration":
-        """
-        `PreTrainedModel.from_pretrained`, which also opens a folder that is not a plain transformers checkpoint:
-        a local folder written by a LoRA stage-2 run (it holds `blap_stage2_adapter.json`) loads as the base model it
-        was trained from with the adapter and the stage-2 weights applied
-        (`transformers_blap.training.load_stage2_lora_folder`), so `pipeline("audio-to-text", model=folder)` works.
-        """
-        path = pretrained_model_name_or_path
-        if isinstance(path, (str, os.PathLike)) and os.path.isfile(os.path.join(path, STAGE2_ADAPTER_MANIFEST)):
-            try:  # by name: the training code is not among the files a Hub repository carries for remote code
-                stage2 = importlib.import_module("transformers_blap.training.stage2")
-            except ImportError:
-                raise OSError(
-                    f"{os.fspath(path)} holds a BLAP LoRA adapter, not a whole model: pip install"
-                    " 'transformers_blap[train]' and load it with"
-                    " transformers_blap.training.load_stage2_lora_folder(path)."
-                ) from None
-            dtype = kwargs.get("dtype")
-            return stage2.load_stage2_lora_folder(path, dtype=dtype if isinstance(dtype, torch.dtype) else None)
-        return super().from_pretrained(path, *model_args, **kwargs)
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, is_main_process: bool = True, push_to_hub: bool = False, **kwargs

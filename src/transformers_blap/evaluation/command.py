@@ -5,6 +5,7 @@ The handler of `blap evaluate` (its parser is `blap_cli.commands.add_evaluate_co
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +77,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     processor = BlapProcessor.from_pretrained(source)
     if args.prompt is not None:
         processor.prompt = args.prompt
-    model = BlapForConditionalGeneration.from_pretrained(source, dtype=resolve_dtype(args.dtype, device))
+    dtype = resolve_dtype(args.dtype, device)
+    if os.path.isfile(os.path.join(source, "adapter_config.json")):  # a LoRA run's peft adapter folder
+        from ..training.lora import load_lora_captioner
+
+        model = load_lora_captioner(source, dtype=dtype)
+    else:
+        model = BlapForConditionalGeneration.from_pretrained(source, dtype=dtype)
     model.to(device).eval()
     generate_kwargs = {
         name: value

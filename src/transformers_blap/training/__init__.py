@@ -17,25 +17,23 @@ from .data import (
     resolve_caption_columns,
 )
 from .launch import CaptionDataArguments, checkpoint_to_resume, load_caption_splits
-from .model_card import (
-    render_stage1_model_card,
-    render_stage2_model_card,
-    training_card_sections,
-    write_model_card,
-)
-from .stage2 import (
+from .lora import (
     LORA_TARGET_MODULES,
+    STAGE2_MODULES_TO_SAVE,
+    add_lora,
+    is_lora_folder,
+    is_lora_model,
+    load_lora_captioner,
+    save_lora_captioner,
+)
+from .model_card import render_training_card, training_card_sections, write_model_card
+from .stage2 import (
     BlapStage2Trainer,
     BlapStage2TrainingArguments,
-    add_lora,
     configure_stage2_trainable,
     default_caption_metrics,
-    has_lora,
     load_language_model_weights,
-    load_stage2_adapter,
-    load_stage2_lora_folder,
     load_stage2_model,
-    save_stage2_adapter,
     warn_if_float16,
 )
 
@@ -43,6 +41,7 @@ __all__ = [
     "LORA_TARGET_MODULES",
     "STAGE1_FIRST_WORD_DROP_PROBABILITY",
     "STAGE2_DROPPED_PHRASES",
+    "STAGE2_MODULES_TO_SAVE",
     "STAGE2_PHRASE_DROP_PROBABILITY",
     "AudioCaptionBatch",
     "AudioCaptionPreparer",
@@ -58,20 +57,19 @@ __all__ = [
     "check_audio_files",
     "checkpoint_to_resume",
     "configure_stage2_trainable",
+    "is_lora_folder",
+    "is_lora_model",
     "default_caption_metrics",
-    "has_lora",
     "load_caption_dataset",
     "load_caption_file",
     "load_caption_folder",
     "load_caption_splits",
     "load_language_model_weights",
-    "load_stage2_adapter",
-    "load_stage2_lora_folder",
+    "load_lora_captioner",
     "load_stage2_model",
-    "render_stage1_model_card",
-    "render_stage2_model_card",
+    "render_training_card",
     "resolve_caption_columns",
-    "save_stage2_adapter",
+    "save_lora_captioner",
     "training_card_sections",
     "write_model_card",
     "warn_if_float16",

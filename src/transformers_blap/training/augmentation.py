@@ -18,9 +18,12 @@ STAGE2_PHRASE_DROP_PROBABILITY = 0.6
 STAGE1_FIRST_WORD_DROP_PROBABILITY = 0.3
 
 
-def _check_probability(probability: float, name: str) -> None:
+def _check_options(strings: Sequence[str], name: str, probability: float) -> None:
+    """One readable error for a bad list of strings or a probability outside [0, 1]."""
+    if isinstance(strings, str) or not all(isinstance(string, str) and string for string in strings):
+        raise ValueError(f"`{name}` must be a sequence of non-empty strings, got {strings!r}.")
     if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"`{name}` must be a probability in [0, 1], got {probability}.")
+        raise ValueError(f"`probability` must be a probability in [0, 1], got {probability}.")
 
 
 class PhraseDropping:
@@ -52,9 +55,7 @@ class PhraseDropping:
         phrases: Sequence[str] = STAGE2_DROPPED_PHRASES,
         probability: float = STAGE2_PHRASE_DROP_PROBABILITY,
     ):
-        if isinstance(phrases, str) or not all(isinstance(phrase, str) and phrase for phrase in phrases):
-            raise ValueError(f"`phrases` must be a sequence of non-empty strings, got {phrases!r}.")
-        _check_probability(probability, "probability")
+        _check_options(phrases, "phrases", probability)
         self.phrases = tuple(phrases)
         self.probability = probability
 
@@ -86,9 +87,7 @@ class FirstWordDropping:
     """
 
     def __init__(self, words: Sequence[str], probability: float = STAGE1_FIRST_WORD_DROP_PROBABILITY):
-        if isinstance(words, str) or not all(isinstance(word, str) and word for word in words):
-            raise ValueError(f"`words` must be a sequence of non-empty strings, got {words!r}.")
-        _check_probability(probability, "probability")
+        _check_options(words, "words", probability)
         self.words = frozenset(words)
         self.probability = probability
 

@@ -16,6 +16,7 @@ from ..evaluation.metrics import ALL_METRICS
 from ..evaluation.report import metric_display_name
 from ..hub import DEFAULT_LICENSE, describe_generation, eval_result, hub_id_or_none, render_model_card
 from .launch import DATA_REPORT_NAME
+from .lora import is_lora_model
 
 # Keys of `Trainer.log` entries that are bookkeeping, not evaluation results.
 _EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
@@ -129,8 +130,8 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
         "seed": args.seed,
         "trainable_parameters": f"{trainable:,} of {total:,}",
     }
-    peft_config = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
-    if peft_config is not None:
+    if is_lora_model(model):
+        peft_config = model.peft_config["default"]
         hyperparameters["lora"] = (
             f"r={peft_config.r}, alpha={peft_config.lora_alpha}, dropout={peft_config.lora_dropout},"
             f" target_modules={peft_config.target_modules!r}"
@@ -145,7 +146,7 @@ def training_hyperparameters(trainer) -> dict[str, Any]:
         if prompt is not None:
             hyperparameters["prompt"] = prompt
         hyperparameters["max_txt_len"] = processor.max_txt_len
-    if hasattr(trainer, "_option"):  # stage 1
+    if trainer.card_stage == "stage1":
         hyperparameters["train_audio_encoder"] = trainer._option("train_audio_encoder")
     if getattr(args, "predict_with_generate", False):
         generation = copy.deepcopy(model.generation_config)
@@ -319,17 +320,41 @@ def eval_results(trainer, dataset_name: str, dataset_id: str | None = None) -> l
     ]
 
 
-def _training_card(
+def card_kind(trainer) -> str:
+    """`"stage1"`, `"lora"` (a `peft.PeftModel`) or `"stage2"`: which card a trainer's run gets."""
+    if trainer.card_stage == "stage1":
+        return "stage1"
+    return "lora" if is_lora_model(trainer.model) else "stage2"
+
+
+def render_training_card(
     trainer,
-    kind: str,
     model_name: str,
-    base_model: str | None,
-    datasets: list[str | None] | None,
-    dataset_ids: list[str] | None,
-    language: str | None,
-    license: str | None,
-    tags: list[str] | None,
+    base_model: str | None = None,
+    datasets: list[str | None] | None = None,
+    dataset_ids: list[str] | None = None,
+    language: str | None = None,
+    license: str | None = None,
+    tags: list[str] | None = None,
 ) -> str:
+    """
+    A complete model card (YAML front matter + Markdown) for a run of a BLAP trainer: stage 1, stage 2 / fine-tuning,
+    or LoRA ([`card_kind`]).
+
+    Args:
+        trainer ([`BlapStage1Trainer`] or [`BlapStage2Trainer`]).
+        model_name (`str`): the title.
+        base_model (`str`, *optional*): the checkpoint training started from; a Hub id goes into the metadata
+            (otherwise the language model's Hub id, when its configuration records one).
+        datasets (`list[str | None]`, *optional*): display names of the training data and, second, the evaluation
+            data.
+        dataset_ids (`list[str]`, *optional*): Hub ids of the data, for the metadata.
+        language (`str`, *optional*), license (`str`, *optional*), tags (`list[str]`, *optional*): metadata.
+
+    Returns:
+        `str`: the card's text.
+    """
+    kind = card_kind(trainer)
     datasets = list(datasets or [])
     model = trainer.model
     processor = trainer.processing_class
@@ -360,50 +385,6 @@ def _training_card(
     return str(card)
 
 
-def render_stage2_model_card(
-    trainer,
-    model_name: str,
-    base_model: str | None = None,
-    datasets: list[str | None] | None = None,
-    dataset_ids: list[str] | None = None,
-    language: str | None = None,
-    license: str | None = None,
-    tags: list[str] | None = None,
-) -> str:
-    """
-    A complete model card (YAML front matter + Markdown) for a stage-2 / fine-tuning run, LoRA runs included.
-
-    Args:
-        trainer ([`BlapStage2Trainer`]).
-        model_name (`str`): the title.
-        base_model (`str`, *optional*): the checkpoint training started from; a Hub id goes into the metadata
-            (otherwise the language model's Hub id, when its configuration records one).
-        datasets (`list[str | None]`, *optional*): display names of the training data and, second, the evaluation
-            data.
-        dataset_ids (`list[str]`, *optional*): Hub ids of the data, for the metadata.
-        language (`str`, *optional*), license (`str`, *optional*), tags (`list[str]`, *optional*): metadata.
-
-    Returns:
-        `str`: the card's text.
-    """
-    kind = "lora" if getattr(trainer.model, "_hf_peft_config_loaded", False) else "stage2"
-    return _training_card(trainer, kind, model_name, base_model, datasets, dataset_ids, language, license, tags)
-
-
-def render_stage1_model_card(
-    trainer,
-    model_name: str,
-    base_model: str | None = None,
-    datasets: list[str | None] | None = None,
-    dataset_ids: list[str] | None = None,
-    language: str | None = None,
-    license: str | None = None,
-    tags: list[str] | None = None,
-) -> str:
-    """A complete model card for a stage-1 run; arguments as for [`render_stage2_model_card`]."""
-    return _training_card(trainer, "stage1", model_name, base_model, datasets, dataset_ids, language, license, tags)
-
-
 def write_model_card(
     trainer,
     output_dir: str | None = None,
@@ -418,7 +399,7 @@ def write_model_card(
     """
     Write the run's model card to `output_dir/README.md` (default: the trainer's `output_dir`) on the main process:
     a stage-1 card for a [`BlapStage1Trainer`], a stage-2 or LoRA card for a [`BlapStage2Trainer`]. The trainers'
-    `create_model_card` (which `Trainer.push_to_hub` calls) is this function; arguments as for
+    `create_model_card` ([`TrainingCardMixin`], which `Trainer.push_to_hub` calls) is this function; arguments as for
     `Trainer.create_model_card`: `dataset` gives display names (training data first, evaluation data second),
     `dataset_tags` Hub dataset ids for the metadata, `finetuned_from` the starting checkpoint (default: the model's
     `name_or_path`).
@@ -430,8 +411,7 @@ def write_model_card(
         return None
     output_dir = Path(output_dir or trainer.args.output_dir)
     base_model = finetuned_from if finetuned_from is not None else trainer.model.config.name_or_path or None
-    render = render_stage1_model_card if hasattr(trainer, "_option") else render_stage2_model_card
-    card = render(
+    card = render_training_card(
         trainer,
         model_name=model_name or output_dir.name,
         base_model=base_model,
@@ -446,12 +426,42 @@ def write_model_card(
     return output_dir / "README.md"
 
 
+class TrainingCardMixin:
+    """
+    `create_model_card` for the BLAP trainers: the run's card ([`write_model_card`]). A trainer sets `card_stage`
+    (`"stage1"` or `"stage2"`).
+    """
+
+    card_stage: str = "stage2"
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str | None] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """
+        Write `output_dir/README.md`: what was trained from what data, the hyperparameters, the evaluation table and
+        sample captions ([`render_training_card`]). Arguments as for `Trainer.create_model_card`: `dataset` gives
+        display names (training data first, evaluation data second), `dataset_tags` Hub dataset ids for the
+        metadata, `finetuned_from` the starting checkpoint; `tasks` and `dataset_args` are not used.
+        """
+        write_model_card(self, None, language, license, tags, model_name, finetuned_from, dataset_tags, dataset)
+
+
 __all__ = [
+    "TrainingCardMixin",
+    "card_kind",
     "dataset_type",
     "eval_results",
     "evaluation_rows",
-    "render_stage1_model_card",
-    "render_stage2_model_card",
+    "render_training_card",
     "selected_evaluation",
     "training_card_sections",
     "training_hyperparameters",

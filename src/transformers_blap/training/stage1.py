@@ -18,7 +18,7 @@ from ..hub import HubErrorsInTrainer
 from ..processing_blap import BlapStage1Processor
 from .collator import AudioCaptionBatch, BlapDataCollator, train_dataloader_with_seeded_examples
 from .launch import OVERWRITE_OUTPUT_DIR_HELP
-from .model_card import write_model_card
+from .model_card import TrainingCardMixin
 
 STAGE1_LOSSES = ("loss_atc", "loss_atm", "loss_lm")
 
@@ -146,7 +146,7 @@ class _KeepLanguageModelSpecialTokens(TrainerCallback):
                 delattr(self.text_config, name)
 
 
-class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
+class BlapStage1Trainer(TrainingCardMixin, HubErrorsInTrainer, Trainer):
     """
     `Trainer` for [`BlapForRepresentationLearning`].
 
@@ -162,7 +162,10 @@ class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
 
     The model's `forward` takes no `**kwargs`, so `Trainer` divides each micro-batch's loss by the number of
     gradient-accumulation steps. With plain `TrainingArguments`, the stage-1 options take their defaults.
+    `create_model_card` writes the stage-1 card ([`TrainingCardMixin`]).
     """
+
+    card_stage = "stage1"
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pargs, **kwargs):
         if model is None or not hasattr(model, "set_stage1_trainable"):
@@ -228,27 +231,6 @@ class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
             logs.update(self._pop_mean_losses("train"))
         super().log(logs, start_time)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`; the final save (not a checkpoint) also writes the model card (`create_model_card`)."""
-        super().save_model(output_dir, _internal_call)
-        if not _internal_call:
-            write_model_card(self, output_dir)
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str | None] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ) -> None:
-        """Writes `output_dir/README.md`: the stage-1 card ([`write_model_card`]); `tasks`, `dataset_args` unused."""
-        write_model_card(self, None, language, license, tags, model_name, finetuned_from, dataset_tags, dataset)
-
     def prediction_step(
         self,
         model: nn.Module,
@@ -256,11 +238,9 @@ class BlapStage1Trainer(HubErrorsInTrainer, Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor, None, None]:
-        """The stage-1 losses only: the similarity matrices change shape with the batch."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+        """The stage-1 losses only (`Trainer.prediction_step` without logits): the similarity matrices change shape
+        with the batch."""
+        return super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
 
     def evaluation_loop(
         self,

@@ -3,18 +3,17 @@ Stage 2 (generative training) and fine-tuning of BLAP with the `transformers` Tr
 
 - `load_stage2_model`: a converted release / stage-2 checkpoint, or a stage-1 checkpoint plus a Flan-T5 checkpoint.
 - `configure_stage2_trainable`: exactly the stage-2 trainable set (Q-Former, query tokens, audio LayerNorm, projection
-  into the LLM), plus LoRA weights when `add_lora` put them on the LLM.
+  into the LLM), plus the LoRA weights of a `peft.PeftModel` from `training.lora.add_lora`.
 - `BlapStage2Trainer`: `Seq2SeqTrainer` with BLAP's collator, caption metrics on generated captions, logged sample
-  captions, LoRA-aware saving / loading and a model card with data, hyperparameters and the evaluation table.
+  captions, peft adapter folders for LoRA runs and a model card with data, hyperparameters and the evaluation table.
 """
 
 import contextlib
-import copy
 import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,28 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from peft import PeftModel
 from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.integrations.fsdp import is_fsdp_managed_module
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from ..configuration_blap import BlapConfig
 from ..hub import HubErrorsInTrainer
-from ..modeling_blap import STAGE2_ADAPTER_MANIFEST, BlapForConditionalGeneration
+from ..modeling_blap import BlapForConditionalGeneration
 from .collator import BlapDataCollator, as_caption_list, train_dataloader_with_seeded_examples
 from .data import CAPTIONS_COLUMN
 from .launch import OVERWRITE_OUTPUT_DIR_HELP
-from .model_card import write_model_card
+from .lora import QUERY_TOKENS, is_lora_model, write_lora_extras
+from .model_card import TrainingCardMixin
 
 logger = logging.getLogger(__name__)
 
 CaptionMetricsFn = Callable[[list[str], list[list[str]]], dict[str, float]]
 
-# LoRA on the query and value projections of every T5 attention (self-attention and cross-attention). PEFT matches a
-# string target with `re.fullmatch` against module names; the Q-Former and HTS-AT name theirs `query` / `value`.
-LORA_TARGET_MODULES = r"language_model\..*\.(SelfAttention|EncDecAttention)\.(q|v)"
-LORA_SUBFOLDER = "lora"
-STAGE2_WEIGHTS_NAME = "stage2_trainable.safetensors"
 EVAL_CAPTIONS_FILE = "eval_captions.jsonl"
+# The batch entries `generate` reads (the rest are training targets).
+GENERATION_INPUTS = ("input_features", "input_ids", "attention_mask")
 
 
 # --------------------------------------------------------------------------------------------------------- model setup
@@ -166,8 +166,6 @@ def load_stage2_model(
     ]
     if missing_other:
         raise ValueError(f"{model_name_or_path} lacks stage-2 weights: {missing_other[:5]} ({len(missing_other)}).")
-    # Where the language model came from, for a LoRA folder's manifest (`save_stage2_adapter`).
-    model.language_model_source = _local_or_hub(language_model_name_or_path)
     if any(key.startswith("language_projection.") for key in info["missing_keys"]):
         logger.info("`language_projection` is not in %s: it starts from its initialisation.", model_name_or_path)
     try:
@@ -179,220 +177,29 @@ def load_stage2_model(
     return model
 
 
-def _local_or_hub(name_or_path: str | os.PathLike | None) -> str | None:
-    """An existing local path made absolute (a manifest is read from elsewhere); a Hub id as it is."""
-    if name_or_path is None:
-        return None
-    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
-
-
-def configure_stage2_trainable(model: BlapForConditionalGeneration) -> list[str]:
+def configure_stage2_trainable(model: BlapForConditionalGeneration | PeftModel) -> list[str]:
     """
     Freeze the audio encoder and the language model, train the Q-Former, query tokens, audio LayerNorm and the
-    projection into the language model (`set_stage2_trainable`), plus LoRA weights if [`add_lora`] added them.
-    Trainable weights are made float32 (a model loaded in bfloat16 keeps its frozen weights in bfloat16).
+    projection into the language model (`set_stage2_trainable`). For a `peft.PeftModel` from
+    [`~training.lora.add_lora`]: the LoRA weights, peft's trainable copies of the stage-2 modules (`modules_to_save`)
+    and the query tokens, not the original modules peft keeps beside the copies. Trainable weights are made float32
+    (a model loaded in bfloat16 keeps its frozen weights in bfloat16).
 
     Args:
-        model ([`BlapForConditionalGeneration`]).
+        model ([`BlapForConditionalGeneration`] or `peft.PeftModel`).
 
     Returns:
-        `list[str]`: the trainable parameter names, sorted.
+        `list[str]`: the trainable parameter names (of the [`BlapForConditionalGeneration`]), sorted.
     """
-    trainable = set(model.set_stage2_trainable())
-    for name, param in model.named_parameters():
-        if ".lora_" in name:
-            param.requires_grad = True
-            trainable.add(name)
-        if name in trainable and param.dtype != torch.float32:
+    lora = is_lora_model(model)
+    base = model.get_base_model() if lora else model
+    base.set_stage2_trainable()
+    for name, param in base.named_parameters():
+        if lora:
+            param.requires_grad = ".lora_" in name or ".modules_to_save." in name or name == QUERY_TOKENS
+        if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
-    return sorted(trainable)
-
-
-def has_lora(model: torch.nn.Module) -> bool:
-    """Whether `add_lora` / `load_stage2_adapter` put a PEFT adapter on the model."""
-    return bool(getattr(model, "_hf_peft_config_loaded", False))
-
-
-def add_lora(
-    model: BlapForConditionalGeneration,
-    r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    target_modules: str | Sequence[str] = LORA_TARGET_MODULES,
-):
-    """
-    Put a LoRA adapter (PEFT) on the language model's attention query and value projections, and set the stage-2
-    trainable set (LoRA weights + Q-Former, query tokens, audio LayerNorm, projection).
-
-    Args:
-        model ([`BlapForConditionalGeneration`]).
-        r (`int`, *optional*, defaults to 8): LoRA rank.
-        lora_alpha (`int`, *optional*, defaults to 16): LoRA scaling numerator.
-        lora_dropout (`float`, *optional*, defaults to 0.05).
-        target_modules (`str` or `Sequence[str]`, *optional*): a regular expression (full match) or module names;
-            defaults to every T5 attention `q` and `v`.
-
-    Returns:
-        `peft.LoraConfig`: the adapter's configuration.
-    """
-    from peft import LoraConfig
-
-    if has_lora(model):
-        raise ValueError("The model already has a LoRA adapter.")
-    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
-    model.add_adapter(config)
-    targeted = {name.split(".lora_")[0] for name, _ in model.named_parameters() if ".lora_" in name}
-    outside = sorted(name for name in targeted if not name.startswith("language_model."))
-    if not targeted or outside:
-        raise ValueError(
-            f"`target_modules` {target_modules!r} must select language-model layers only; it selected"
-            f" {len(targeted)} modules, outside the language model: {outside[:5]}."
-        )
-    configure_stage2_trainable(model)
-    return config
-
-
-def _stage2_weight_names(model: BlapForConditionalGeneration) -> list[str]:
-    return [name for name, param in model.named_parameters() if param.requires_grad and ".lora_" not in name]
-
-
-def save_stage2_adapter(
-    model: BlapForConditionalGeneration,
-    save_directory: str | os.PathLike,
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """
-    Save what a LoRA stage-2 run changes, and nothing else:
-
-    - `lora/adapter_config.json`, `lora/adapter_model.safetensors`: the LoRA adapter in PEFT's file format;
-    - `stage2_trainable.safetensors`: the Q-Former, query tokens, audio LayerNorm and projection;
-    - `blap_stage2_adapter.json`: the base model (and the language model a stage-1 start took), the file names;
-    - `config.json` and `generation_config.json`.
-
-    `BlapForConditionalGeneration.from_pretrained(folder)` and `pipeline("audio-to-text", model=folder)` load the
-    base model with the adapter and stage-2 weights ([`load_stage2_lora_folder`]); [`load_stage2_adapter`] applies
-    them to a base model already loaded.
-
-    Args:
-        model ([`BlapForConditionalGeneration`]) with a LoRA adapter and the stage-2 trainable set.
-        save_directory (`str` or `os.PathLike`).
-        state_dict (`dict[str, torch.Tensor]`, *optional*): the full state dict when it must be gathered first
-            (DeepSpeed ZeRO-3, FSDP); defaults to `model.state_dict()`.
-    """
-    if not has_lora(model):
-        raise ValueError("The model has no LoRA adapter: save it with `save_pretrained`.")
-    save_directory = Path(save_directory)
-    save_directory.mkdir(parents=True, exist_ok=True)
-    state_dict = state_dict if state_dict is not None else model.state_dict()
-    lora_directory = save_directory / LORA_SUBFOLDER
-    lora_directory.mkdir(exist_ok=True)
-    # The PEFT format: adapter weights named from the base model down, without the adapter name.
-    adapter_weights = {
-        f"base_model.model.{name}": tensor.detach().contiguous().cpu()
-        for name, tensor in model.get_adapter_state_dict(state_dict=state_dict).items()
-    }
-    safetensors.torch.save_file(
-        adapter_weights, lora_directory / "adapter_model.safetensors", metadata={"format": "pt"}
-    )
-    model.peft_config["default"].save_pretrained(lora_directory)
-    names = _stage2_weight_names(model)
-    weights = {name: state_dict[name].detach().contiguous().cpu() for name in names}
-    safetensors.torch.save_file(weights, save_directory / STAGE2_WEIGHTS_NAME, metadata={"format": "pt"})
-    model.config.save_pretrained(save_directory)
-    model.generation_config.save_pretrained(save_directory)
-    manifest = {
-        "base_model_name_or_path": _local_or_hub(model.peft_config["default"].base_model_name_or_path),
-        "language_model_name_or_path": getattr(model, "language_model_source", None),
-        "lora_subfolder": LORA_SUBFOLDER,
-        "stage2_weights": STAGE2_WEIGHTS_NAME,
-        "stage2_parameters": names,
-    }
-    (save_directory / STAGE2_ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def load_stage2_adapter(
-    model: BlapForConditionalGeneration, adapter_directory: str | os.PathLike, is_trainable: bool = False
-) -> BlapForConditionalGeneration:
-    """
-    Load a folder written by [`save_stage2_adapter`] into a base model (the one the adapter was trained from, or a
-    model that already carries this adapter, e.g. when `Trainer` reloads its best checkpoint).
-
-    Args:
-        model ([`BlapForConditionalGeneration`]).
-        adapter_directory (`str` or `os.PathLike`): a local folder.
-        is_trainable (`bool`, *optional*, defaults to `False`): set the stage-2 trainable set afterwards.
-
-    Returns:
-        The same model, modified in place.
-    """
-    from peft import LoraConfig, set_peft_model_state_dict
-
-    adapter_directory = Path(adapter_directory)
-    manifest_path = adapter_directory / STAGE2_ADAPTER_MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{adapter_directory} is not a BLAP stage-2 adapter folder: no {manifest_path.name}.")
-    manifest = json.loads(manifest_path.read_text())
-    lora_directory = adapter_directory / manifest["lora_subfolder"]
-    if not has_lora(model):
-        model.add_adapter(LoraConfig.from_pretrained(lora_directory))
-    adapter_weights = safetensors.torch.load_file(lora_directory / "adapter_model.safetensors")
-    prefix = "base_model.model."
-    adapter_weights = {key.removeprefix(prefix): value for key, value in adapter_weights.items()}
-    result = set_peft_model_state_dict(model, adapter_weights, adapter_name="default")
-    if result.unexpected_keys:
-        raise ValueError(f"LoRA weights in {lora_directory} do not fit the model: {result.unexpected_keys[:5]}.")
-
-    weights = safetensors.torch.load_file(adapter_directory / manifest["stage2_weights"])
-    parameters = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(parameters))
-    absent = sorted(set(manifest["stage2_parameters"]) - set(weights))
-    if unknown or absent:
-        raise ValueError(f"{adapter_directory}: stage-2 weights not in the model {unknown[:5]}, missing {absent[:5]}.")
-    with torch.no_grad():
-        for name, value in weights.items():
-            parameters[name].copy_(value.to(parameters[name].dtype))
-    if is_trainable:
-        configure_stage2_trainable(model)
-    else:
-        model.requires_grad_(False)
-    return model
-
-
-def load_stage2_lora_folder(
-    adapter_directory: str | os.PathLike, dtype: torch.dtype | None = None
-) -> BlapForConditionalGeneration:
-    """
-    A whole model from a folder written by [`save_stage2_adapter`]: the base model named in its manifest (with the
-    language model a stage-1 start took, see [`load_stage2_model`]), the LoRA adapter and the stage-2 weights, the
-    folder's generation settings; in eval mode, nothing trainable. `BlapForConditionalGeneration.from_pretrained`
-    calls this for such folders.
-
-    Args:
-        adapter_directory (`str` or `os.PathLike`): a local folder.
-        dtype (`torch.dtype`, *optional*): as for [`load_stage2_model`].
-
-    Returns:
-        [`BlapForConditionalGeneration`].
-    """
-    adapter_directory = Path(adapter_directory)
-    manifest = json.loads((adapter_directory / STAGE2_ADAPTER_MANIFEST).read_text())
-    base, language_model = manifest.get("base_model_name_or_path"), manifest.get("language_model_name_or_path")
-    for what, source in (("base model", base), ("language model", language_model)):
-        if source is not None and os.path.isabs(source) and not os.path.exists(source):
-            raise OSError(
-                f"{adapter_directory} is a LoRA adapter on the {what} {source}, which is not on this machine: load it"
-                " with transformers_blap.training.load_stage2_adapter(BlapForConditionalGeneration.from_pretrained("
-                f"BASE), {str(adapter_directory)!r})."
-            )
-    if base is None:
-        raise OSError(
-            f"{adapter_directory} does not name the base model of its LoRA adapter: load it with"
-            " transformers_blap.training.load_stage2_adapter(BlapForConditionalGeneration.from_pretrained(BASE),"
-            f" {str(adapter_directory)!r})."
-        )
-    model = load_stage2_adapter(load_stage2_model(base, language_model, dtype=dtype), adapter_directory)
-    model.generation_config = GenerationConfig.from_pretrained(adapter_directory)
-    return model.eval()
+    return sorted(name for name, param in base.named_parameters() if param.requires_grad)
 
 
 def warn_if_float16(model: BlapForConditionalGeneration, args: Seq2SeqTrainingArguments | None = None) -> bool:
@@ -475,7 +282,7 @@ class BlapStage2TrainingArguments(Seq2SeqTrainingArguments):
     overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_OUTPUT_DIR_HELP})
 
 
-class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
+class BlapStage2Trainer(TrainingCardMixin, HubErrorsInTrainer, Seq2SeqTrainer):
     r"""
     [`Seq2SeqTrainer`] for BLAP stage 2 and caption fine-tuning.
 
@@ -490,13 +297,14 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
       reference captions of each clip with `caption_metrics` (default: BLEU@1-4, METEOR, ROUGE-L, CIDEr-D); metric
       names work with `metric_for_best_model` (e.g. `"cider_d"`) and `EarlyStoppingCallback`. The first
       `num_logged_captions` captions are logged and appended to `output_dir/eval_captions.jsonl`.
-    - With a LoRA adapter ([`add_lora`]) checkpoints hold only the adapter and the stage-2 weights
-      ([`save_stage2_adapter`]), and best-model / resume loading reads them back.
+    - A LoRA model (a `peft.PeftModel` from [`~training.lora.add_lora`]) saves peft adapter folders (the adapter,
+      the stage-2 modules as `modules_to_save`, the query tokens and the generation settings, see
+      `training.lora`); `Trainer` reads them back itself for `resume_from_checkpoint` and `load_best_model_at_end`.
     - `create_model_card` (also run by `push_to_hub`) writes a card with the data, hyperparameters and evaluation
       table.
 
     Args:
-        model ([`BlapForConditionalGeneration`]).
+        model ([`BlapForConditionalGeneration`] or a `peft.PeftModel` of one from [`~training.lora.add_lora`]).
         args ([`Seq2SeqTrainingArguments`]).
         data_collator (`Callable`, *optional*): defaults to `BlapDataCollator(processing_class)`.
         train_dataset, eval_dataset: datasets with `audio` and `captions` columns (see `training.data`).
@@ -510,7 +318,7 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
 
     def __init__(
         self,
-        model: BlapForConditionalGeneration,
+        model: BlapForConditionalGeneration | PeftModel,
         args: Seq2SeqTrainingArguments | None = None,
         data_collator: Callable | None = None,
         train_dataset: Any = None,
@@ -522,8 +330,11 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
     ):
-        if not isinstance(model, BlapForConditionalGeneration):
-            raise TypeError(f"`model` must be a BlapForConditionalGeneration, got {type(model).__name__}.")
+        base = model.get_base_model() if is_lora_model(model) else model
+        if not isinstance(base, BlapForConditionalGeneration):
+            raise TypeError(
+                f"`model` must be a BlapForConditionalGeneration or a peft model of one, got {type(base).__name__}."
+            )
         if args is None:
             args = BlapStage2TrainingArguments(output_dir="trainer_output")
         if not isinstance(args, Seq2SeqTrainingArguments):
@@ -547,7 +358,7 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
             )
         if num_logged_captions < 0:
             raise ValueError(f"`num_logged_captions` must be >= 0, got {num_logged_captions}.")
-        warn_if_float16(model, args)
+        warn_if_float16(base, args)
         self.trainable_parameter_names = configure_stage2_trainable(model)
         self.caption_metrics = caption_metrics if caption_metrics is not None else default_caption_metrics
         self.eval_data_collator = eval_data_collator
@@ -555,6 +366,7 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
         self.eval_samples: list[dict[str, Any]] = []
         self._eval_references: list[list[str]] | None = None
         self._eval_prefix = "eval"
+        self.generation_kwargs: dict[str, Any] = {}
         super().__init__(
             model=model,
             args=args,
@@ -588,11 +400,23 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
 
     # ------------------------------------------------------------------------------------------------- evaluation
 
-    def _pad_tensors_to_max_len(self, tensor: torch.Tensor, max_length: int) -> torch.Tensor:
-        pad_token_id = self.model.config.text_config.pad_token_id
-        padded = torch.full((tensor.shape[0], max_length), pad_token_id, dtype=tensor.dtype, device=tensor.device)
-        padded[:, : tensor.shape[-1]] = tensor
-        return padded
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+        **gen_kwargs,
+    ) -> dict[str, float]:
+        """`Seq2SeqTrainer.evaluate`; `gen_kwargs` (e.g. `num_beams`) reach `generate` in [`prediction_step`]."""
+        self.generation_kwargs = gen_kwargs
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def predict(
+        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test", **gen_kwargs
+    ):
+        """`Seq2SeqTrainer.predict`; `gen_kwargs` (e.g. `num_beams`) reach `generate` in [`prediction_step`]."""
+        self.generation_kwargs = gen_kwargs
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def prediction_step(
         self,
@@ -602,21 +426,26 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
         ignore_keys: list[str] | None = None,
         **gen_kwargs,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        # `Seq2SeqTrainer.prediction_step` writes its defaults (`max_length=20`) into the model's generation config,
-        # which then clashes with BLAP's `max_new_tokens` in every later `generate` and in saved checkpoints.
-        generation_config = copy.deepcopy(self.model.generation_config)
-        try:
-            return super().prediction_step(
-                model, inputs, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
-            )
-        finally:
-            self.model.generation_config = generation_config
-
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        # Tied aliases of the T5 embeddings are not saved; their absence is expected.
-        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
-        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
-        super()._issue_warnings_after_load(load_result)
+        """
+        The loss (`Trainer.prediction_step`) and, with `predict_with_generate`, the generated caption ids: `generate`
+        with the model's generation config, overridden by `generation_num_beams` / `generation_max_length` and the
+        options given to `evaluate` / `predict`. The model's generation config is left as it is, and the ids are not
+        padded here (the evaluation loop pads batches and processes with -100).
+        """
+        if prediction_loss_only or not self.args.predict_with_generate:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
+        options = {"num_beams": self.args.generation_num_beams, "max_length": self.args.generation_max_length}
+        options = {name: value for name, value in options.items() if value is not None}
+        options.update(self.generation_kwargs)
+        options.update(gen_kwargs)
+        options.setdefault("synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
+        generation_inputs = {
+            name: inputs[name].to(self.args.device) for name in GENERATION_INPUTS if inputs.get(name) is not None
+        }
+        with torch.no_grad():
+            generated = self.model.generate(**generation_inputs, **options)
+        return loss, generated, inputs.get("labels")
 
     def evaluation_loop(
         self,
@@ -643,7 +472,7 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
 
     def decode_predictions(self, predictions: np.ndarray) -> list[str]:
         """
-        Generated token ids (padded with -100 across processes, with the pad token by `Seq2SeqTrainer`) to text.
+        Generated token ids (padded with -100 by the evaluation loop across batches and processes) to text.
 
         Args:
             predictions (`np.ndarray` of shape `(num_examples, length)`).
@@ -695,70 +524,25 @@ class BlapStage2Trainer(HubErrorsInTrainer, Seq2SeqTrainer):
         with open(os.path.join(self.args.output_dir, EVAL_CAPTIONS_FILE), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    # ------------------------------------------------------------------------------------------ saving and loading
+    # ---------------------------------------------------------------------------------------------------- saving
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not has_lora(self.model):
-            super()._save(output_dir, state_dict=state_dict)
-            return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        save_stage2_adapter(self.accelerator.unwrap_model(self.model), output_dir, state_dict=state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        if os.path.isfile(os.path.join(resume_from_checkpoint, STAGE2_ADAPTER_MANIFEST)):
-            load_stage2_adapter(model if model is not None else self.model, resume_from_checkpoint, is_trainable=True)
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-
-    def _load_best_model(self) -> None:
-        checkpoint = self.state.best_model_checkpoint
-        if checkpoint is not None and os.path.isfile(os.path.join(checkpoint, STAGE2_ADAPTER_MANIFEST)):
-            logger.info("Loading the best adapter from %s (score: %s).", checkpoint, self.state.best_metric)
-            load_stage2_adapter(self.model, checkpoint, is_trainable=True)
-            return
-        super()._load_best_model()
-
-    # ------------------------------------------------------------------------------------------------- model card
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str | None] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ) -> None:
+    def save_model(self, output_dir: str | None = None, *args, **kwargs) -> None:
         """
-        Write `output_dir/README.md`: what was trained from what data, the hyperparameters, the evaluation table and
-        sample captions (see [`render_stage2_model_card`]). Arguments as for `Trainer.create_model_card`: `dataset`
-        gives display names (training data first, evaluation data second), `dataset_tags` Hub dataset ids for the
-        metadata, `finetuned_from` the starting checkpoint; `tasks` and `dataset_args` are not used.
+        `Trainer.save_model` (final saves and checkpoints alike); a LoRA model's adapter folder also gets the query
+        tokens and the generation settings ([`~training.lora.write_lora_extras`]).
         """
-        write_model_card(self, None, language, license, tags, model_name, finetuned_from, dataset_tags, dataset)
+        super().save_model(output_dir, *args, **kwargs)
+        if is_lora_model(self.model) and self.args.should_save:
+            write_lora_extras(self.model, output_dir if output_dir is not None else self.args.output_dir)
 
 
 __all__ = [
-    "LORA_TARGET_MODULES",
     "BlapStage2Trainer",
     "BlapStage2TrainingArguments",
-    "add_lora",
     "configure_stage2_trainable",
     "default_caption_metrics",
-    "has_lora",
     "load_language_model_weights",
-    "load_stage2_adapter",
-    "load_stage2_lora_folder",
     "load_stage2_model",
     "references_of",
-    "save_stage2_adapter",
     "warn_if_float16",
 ]
