@@ -122,7 +122,7 @@ def test_t5_encoder_and_cross_attention_projections_run_once_per_clip(processor)
         hook.remove()
     assert seen["encoder"] == [3]  # once, on the 3 clips, not on 3 x 5 beams
     assert seen["cross_k"] == [3]  # once per clip, never again while decoding
-    # One decoder step on the 3 clips fills the cross-attention cache; then the decoder runs on every beam at every step.
+    # One decoder step on the 3 clips fills the cross-attention cache, then the decoder runs on every beam per step.
     assert seen["self_k"] == [3] + [15] * 6
 
 
@@ -315,9 +315,8 @@ def test_two_threads_captioning_with_one_model_give_the_sequential_captions(proc
     model = _model(seed=6, attn_implementation=implementation)
     options = {"num_beams": 4, "max_new_tokens": 8, "min_new_tokens": 8}
     prompts = [["Generate an objective music description.", "Describe it."], ["A", "Describe the drums."]]
-    batches = [
-        processor(audio=_clips(2, seed=seed), sampling_rate=16_000, text=texts) for seed, texts in zip((11, 12), prompts)
-    ]
+    clips = [_clips(2, seed=11), _clips(2, seed=12)]
+    batches = [processor(audio=audio, sampling_rate=16_000, text=text) for audio, text in zip(clips, prompts)]
     with torch.no_grad():
         expected = [_plain_generate(model, inputs, **options) for inputs in batches]
     assert not torch.equal(expected[0], expected[1])
@@ -358,8 +357,7 @@ def test_decoder_attention_follows_the_model_and_is_not_saved(tmp_path):
     model.save_pretrained(tmp_path)
     saved = "".join(path.read_text() for path in tmp_path.glob("*.json"))
     assert "attn" not in saved.lower() and BEAM_GROUPED_SDPA not in language_model.decoder.config.to_json_string()
-    assert BlapForConditionalGeneration.from_pretrained(tmp_path).language_model.decoder.config._attn_implementation == (
-        BEAM_GROUPED_SDPA
-    )
+    reloaded = BlapForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.language_model.decoder.config._attn_implementation == BEAM_GROUPED_SDPA
     eager = BlapForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager")
     assert eager.language_model.decoder.config._attn_implementation == "eager"
