@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,12 @@ from transformers import GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
 from transformers_blap import BlapForConditionalGeneration
-from transformers_blap.modeling_blap import BlapBeamSearchCache, BlapBufferedLayer
+from transformers_blap.modeling_blap import (
+    BEAM_GROUPED_SDPA,
+    CACHE_ARGUMENT,
+    BlapBeamSearchCache,
+    BlapBufferedLayer,
+)
 
 from tiny import TINY_QFORMER, TINY_TEXT, tiny_config, tiny_processor
 
@@ -29,6 +35,11 @@ def _model(seed: int = 0, attn_implementation: str | None = None, **overrides) -
     if attn_implementation is not None:
         model.set_attn_implementation({"text_config": attn_implementation, "qformer_config": attn_implementation})
     return model.eval()
+
+
+def _cache(output):
+    """The cache of a `generate(..., return_dict_in_generate=True)` output (`cache` from transformers 5.25 on)."""
+    return getattr(output, CACHE_ARGUMENT)
 
 
 def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -73,7 +84,7 @@ def test_beam_search_with_cross_attention_computed_once_per_clip_equals_plain_ge
     with torch.no_grad():
         expected = _plain_generate(model, inputs, return_dict_in_generate=True, output_scores=True, **options)
     actual = model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **options)
-    assert isinstance(actual.past_key_values, BlapBeamSearchCache)
+    assert isinstance(_cache(actual), BlapBeamSearchCache)
     assert torch.equal(actual.sequences, expected.sequences)
     torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores)
 
@@ -111,7 +122,8 @@ def test_t5_encoder_and_cross_attention_projections_run_once_per_clip(processor)
         hook.remove()
     assert seen["encoder"] == [3]  # once, on the 3 clips, not on 3 x 5 beams
     assert seen["cross_k"] == [3]  # once per clip, never again while decoding
-    assert seen["self_k"] == [15] * 6  # the decoder itself runs on every beam at every step
+    # One decoder step on the 3 clips fills the cross-attention cache, then the decoder runs on every beam per step.
+    assert seen["self_k"] == [3] + [15] * 6
 
 
 def test_static_cache_and_greedy_still_take_transformers_path(processor):
@@ -120,10 +132,10 @@ def test_static_cache_and_greedy_still_take_transformers_path(processor):
     options = {"num_beams": 4, "max_new_tokens": 6, "min_new_tokens": 6}
     dynamic = model.generate(**inputs, **options)
     static = model.generate(**inputs, cache_implementation="static", return_dict_in_generate=True, **options)
-    assert not isinstance(static.past_key_values, BlapBeamSearchCache)
+    assert not isinstance(_cache(static), BlapBeamSearchCache)
     assert torch.equal(static.sequences, dynamic)
     greedy = model.generate(**inputs, num_beams=1, max_new_tokens=6, min_new_tokens=6, return_dict_in_generate=True)
-    assert not isinstance(greedy.past_key_values, BlapBeamSearchCache)
+    assert not isinstance(_cache(greedy), BlapBeamSearchCache)
     with torch.no_grad():
         assert torch.equal(
             greedy.sequences, _plain_generate(model, inputs, num_beams=1, max_new_tokens=6, min_new_tokens=6)
@@ -147,10 +159,16 @@ def test_optimised_captioning_equals_baseline_in_float32(processor):
     assert torch.equal(actual, torch.stack(expected))
 
 
-@pytest.mark.parametrize(("implementation", "cached_rows"), [("sdpa", 3), ("eager", 3 * 5)])
-def test_cross_attention_keys_are_kept_once_per_clip_with_sdpa(processor, implementation, cached_rows):
+@pytest.mark.parametrize(
+    ("implementation", "decoder_implementation", "cached_rows"),
+    [("sdpa", BEAM_GROUPED_SDPA, 3), ("eager", "eager", 3 * 5)],
+)
+def test_cross_attention_keys_are_kept_once_per_clip_with_sdpa(
+    processor, implementation, decoder_implementation, cached_rows
+):
     """SDPA decodes against one copy of the cross-attention keys/values per clip (not per beam); eager repeats them.
-    Either way the captions are plain generation's, and the model's attention setting is left as it was."""
+    Either way the captions are plain generation's; the decoder's attention is set with the model's, not by
+    `generate`."""
     model = _model(seed=6, attn_implementation=implementation)
     prompts = ["Generate an objective music description.", "Describe it.", "A"]  # padded: the mask must be applied
     inputs = processor(audio=_clips(3, seed=3), sampling_rate=16_000, text=prompts)
@@ -158,10 +176,11 @@ def test_cross_attention_keys_are_kept_once_per_clip_with_sdpa(processor, implem
     with torch.no_grad():
         expected = _plain_generate(model, inputs, **options)
         actual = model.generate(**inputs, return_dict_in_generate=True, **options)
-    cross_attention = actual.past_key_values.cross_attention_cache
+    cross_attention = _cache(actual).cross_attention_cache
     assert all(layer.keys.shape[0] == cached_rows for layer in cross_attention.layers)
     assert torch.equal(actual.sequences, expected)
-    assert model.language_model.decoder.config._attn_implementation == implementation
+    assert model.language_model.decoder.config._attn_implementation == decoder_implementation
+    assert model.language_model.encoder.config._attn_implementation == implementation
 
 
 def test_gradient_checkpointing_keeps_stage2_gradients_and_saves_fewer_activations(processor):
@@ -246,7 +265,8 @@ def test_benchmark_targets_read_off_the_rows():
 
 
 def test_buffered_self_attention_layer_holds_what_dynamic_layer_holds():
-    """Updates past the capacity, beam reorderings through spare buffers, a batch selection: same keys and values."""
+    """Updates past the capacity and beam reorderings through spare buffers: transformers' `DynamicLayer`'s keys and
+    values, sequence lengths and mask sizes."""
     generator = torch.Generator().manual_seed(0)
     buffered, dynamic = BlapBufferedLayer(capacity=3), DynamicLayer()
     spare = None
@@ -263,12 +283,13 @@ def test_buffered_self_attention_layer_holds_what_dynamic_layer_holds():
         spare = buffered.reorder_cache(beam_idx, spare)
         dynamic.reorder_cache(beam_idx)
         assert torch.equal(buffered.keys, dynamic.keys) and torch.equal(buffered.values, dynamic.values)
-    for layer in (buffered, dynamic):
-        layer.batch_select_indices(torch.tensor([0, 2, 5]))
-    keys, values = states(1, batch_size=3)
-    for got, want in zip(buffered.update(keys, values), dynamic.update(keys, values)):
-        assert torch.equal(got, want)
-    assert buffered.get_seq_length() == dynamic.get_seq_length() == 7
+        assert buffered.get_seq_length() == dynamic.get_seq_length()
+        assert buffered.get_mask_sizes(1) == dynamic.get_mask_sizes(1)
+    assert buffered.get_seq_length() == 6 and buffered.key_buffer.shape[-2] == 6
+    buffered.reset()
+    assert buffered.get_seq_length() == 0
+    keys, values = states(1, batch_size=2)
+    assert torch.equal(buffered.update(keys, values)[0], keys)
 
 
 def test_beam_search_self_attention_cache_is_allocated_once_for_the_caption(processor):
@@ -276,7 +297,7 @@ def test_beam_search_self_attention_cache_is_allocated_once_for_the_caption(proc
     model = _model(seed=8)
     inputs = processor(audio=_clips(2), sampling_rate=16_000)
     output = model.generate(**inputs, num_beams=4, max_new_tokens=7, min_new_tokens=7, return_dict_in_generate=True)
-    cache = output.past_key_values
+    cache = _cache(output)
     layers = cache.self_attention_cache.layers
     assert all(isinstance(layer, BlapBufferedLayer) for layer in layers)
     shape = (2 * 4, TINY_TEXT["num_heads"], 7, TINY_TEXT["d_kv"])
@@ -285,3 +306,58 @@ def test_beam_search_self_attention_cache_is_allocated_once_for_the_caption(proc
     buffers = [tensor for layer in layers for tensor in (layer.key_buffer, layer.value_buffer)]
     buffers += list(cache._spare_buffers)
     assert len({tensor.data_ptr() for tensor in buffers}) == 2 * (len(layers) + 1)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_two_threads_captioning_with_one_model_give_the_sequential_captions(processor, implementation):
+    """`generate` changes nothing on the model while it runs: two threads beam-searching different clips with one
+    model at the same time get exactly the captions of one-after-the-other calls."""
+    model = _model(seed=6, attn_implementation=implementation)
+    options = {"num_beams": 4, "max_new_tokens": 8, "min_new_tokens": 8}
+    prompts = [["Generate an objective music description.", "Describe it."], ["A", "Describe the drums."]]
+    clips = [_clips(2, seed=11), _clips(2, seed=12)]
+    batches = [processor(audio=audio, sampling_rate=16_000, text=text) for audio, text in zip(clips, prompts)]
+    with torch.no_grad():
+        expected = [_plain_generate(model, inputs, **options) for inputs in batches]
+    assert not torch.equal(expected[0], expected[1])
+    decoder_implementation = model.language_model.decoder.config._attn_implementation
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def caption(index: int) -> None:
+        try:
+            start.wait()
+            for _ in range(2):
+                results[index].append(model.generate(**batches[index], **options))
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=caption, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for index in (0, 1):
+        assert len(results[index]) == 2
+        assert all(torch.equal(sequences, expected[index]) for sequences in results[index])
+    assert model.language_model.decoder.config._attn_implementation == decoder_implementation
+
+
+def test_decoder_attention_follows_the_model_and_is_not_saved(tmp_path):
+    """The decoder runs BLAP's grouped SDPA whenever the language model is set to SDPA (built, loaded or switched);
+    no saved file names it, so a checkpoint loads where the name is not registered."""
+    model = _model(attn_implementation="eager")
+    language_model = model.language_model
+    assert language_model.decoder.config._attn_implementation == "eager"
+    model.set_attn_implementation({"text_config": "sdpa"})
+    assert language_model.config._attn_implementation == language_model.encoder.config._attn_implementation == "sdpa"
+    assert language_model.decoder.config._attn_implementation == BEAM_GROUPED_SDPA
+    model.save_pretrained(tmp_path)
+    saved = "".join(path.read_text() for path in tmp_path.glob("*.json"))
+    assert "attn" not in saved.lower() and BEAM_GROUPED_SDPA not in language_model.decoder.config.to_json_string()
+    reloaded = BlapForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.language_model.decoder.config._attn_implementation == BEAM_GROUPED_SDPA
+    eager = BlapForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.language_model.decoder.config._attn_implementation == "eager"

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -11,10 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AttentionInterface,
+    AttentionMaskInterface,
     AutoModel,
     AutoModelForSeq2SeqLM,
     Blip2QFormerConfig,
     Cache,
+    CacheLayerMixin,
     ClapAudioModel,
     DynamicCache,
     EncoderDecoderCache,
@@ -23,12 +26,10 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import DynamicLayer
 from transformers.generation import GenerationMixin
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, Seq2SeqLMOutput
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 from transformers.utils import ModelOutput
 
@@ -271,23 +272,33 @@ def untie_lm_head(language_model: T5ForConditionalGeneration) -> None:
         language_model.lm_head.weight = nn.Parameter(language_model.shared.weight.detach().clone())
 
 
-class BlapBufferedLayer(DynamicLayer):
+class BlapBufferedLayer(CacheLayerMixin):
     """
-    A decoder self-attention cache layer for BLAP's beam search: its keys and values live in buffers of `capacity`
-    positions allocated at the first step, `keys`/`values` being views of the filled part, so that attention reads
-    what transformers' `DynamicLayer` would give it. `DynamicLayer` allocates a new, longer copy of every layer's
-    cache at every step (concatenation) and again for every beam reordering; those growing allocations fragment the
-    heap, which held 0.3 GiB more after captioning 8 clips x 10 beams at Flan-T5-base dims. Here a step writes its
-    token in place and a reordering writes into a spare buffer handed over by [`BlapBeamSearchCache`].
+    A decoder self-attention cache layer for BLAP's beam search, on transformers' public cache-layer interface
+    (`CacheLayerMixin`): its keys and values live in buffers of `capacity` positions allocated at the first step,
+    `keys`/`values` being views of the filled part, so that attention reads what transformers' `DynamicLayer` would
+    give it. `DynamicLayer` allocates a new, longer copy of every layer's cache at every step (concatenation) and again
+    for every beam reordering; those growing allocations fragment the heap, which held 0.3 GiB more after captioning
+    8 clips x 10 beams at Flan-T5-base dims. Here a step writes its token in place and a reordering writes into a
+    spare buffer handed over by [`BlapBeamSearchCache`].
 
     Args:
         capacity (`int`): positions to allocate: the decoder inputs of the longest caption (`max_new_tokens`); a
             longer generation moves the cache into larger buffers.
     """
 
+    is_sliding = False
+
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = capacity
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate `capacity` positions for states shaped like these (`(batch_size, num_heads, -, head_dim)`)."""
+        self.device = key_states.device
+        self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
+        self._allocate(self.capacity)
+        self.is_initialized = True
 
     def _allocate(self, capacity: int) -> None:
         """Move `keys`/`values` (of shape `(batch_size, num_heads, length, head_dim)`) into new buffers."""
@@ -310,19 +321,31 @@ class BlapBufferedLayer(DynamicLayer):
         """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
-            self._allocate(self.capacity)
         start = self.keys.shape[-2]
         end = start + key_states.shape[-2]
-        # `crop` keeps views of the buffers; `batch_select_indices` and `batch_repeat_interleave` replace them.
-        replaced = self.keys.data_ptr() != self.key_buffer.data_ptr() or self.keys.shape[0] != self.key_buffer.shape[0]
         capacity = self.key_buffer.shape[-2]
-        if replaced or end > capacity:
-            self._allocate(capacity if end <= capacity else max(end, 2 * capacity))
+        if end > capacity:
+            self._allocate(max(end, 2 * capacity))
         self.key_buffer[:, :, start:end] = key_states
         self.value_buffer[:, :, start:end] = value_states
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
         return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2] if self.is_initialized else 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The key length and offset of the attention mask for `query_length` new positions."""
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        """-1: the buffers grow past `capacity` when needed."""
+        return -1
+
+    def reset(self) -> None:
+        """Empty the layer; the next `update` allocates again."""
+        self.keys = self.values = self.key_buffer = self.value_buffer = None
+        self.is_initialized = False
 
     def reorder_cache(
         self, beam_idx: torch.LongTensor, spare: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -369,6 +392,11 @@ class BlapBeamSearchCache(EncoderDecoderCache):
 
 
 BEAM_GROUPED_SDPA = "blap_beam_grouped_sdpa"
+# The name models and `generate` take a cache under: transformers 5.25 renamed `past_key_values` to `cache` (the old
+# name warns until 6.0).
+CACHE_ARGUMENT = (
+    "cache" if "cache" in inspect.signature(T5ForConditionalGeneration.forward).parameters else "past_key_values"
+)
 
 
 def beam_grouped_sdpa_attention(
@@ -381,10 +409,12 @@ def beam_grouped_sdpa_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """
-    transformers' SDPA attention, for a T5 decoder in BLAP's beam search whose cross-attention keys and values are
-    kept once per clip while its queries come once per beam: the beams of a clip are attended as extra query positions
-    of that clip, so the keys and values are never repeated `num_beams` times. Attention where queries and keys have
-    the same batch (self-attention) is plain SDPA.
+    The attention of BLAP's T5 decoder where the language model is set to SDPA (registered as
+    `"blap_beam_grouped_sdpa"`, see [`BlapForConditionalGeneration.set_attn_implementation`]): transformers' SDPA
+    attention, which in BLAP's beam search also reads cross-attention keys and values kept once per clip while the
+    queries come once per beam: the beams of a clip are attended as extra query positions of that clip, so the keys
+    and values are never repeated `num_beams` times. Where queries and keys have the same batch (self-attention,
+    training, any other generation) it is plain SDPA.
 
     Args:
         query (`torch.FloatTensor` of shape `(batch_size * num_beams, num_heads, query_length, head_dim)`): beams of a
@@ -398,9 +428,10 @@ def beam_grouped_sdpa_attention(
     Returns:
         `(attn_output, None)`, `attn_output` of shape `(batch_size * num_beams, query_length, num_heads, head_dim)`.
     """
+    sdpa_attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
     num_beams = query.shape[0] // key.shape[0]
     if num_beams == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
+        return sdpa_attention(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
     batch_size, num_heads, query_length, head_dim = key.shape[0], *query.shape[1:]
 
     def per_clip(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -413,16 +444,16 @@ def beam_grouped_sdpa_attention(
 
     query = query.view(batch_size, num_beams, num_heads, query_length, head_dim).transpose(1, 2)
     query = query.reshape(batch_size, num_heads, num_beams * query_length, head_dim)
-    attn_output, _ = sdpa_attention_forward(
+    attn_output, _ = sdpa_attention(
         module, query, key, value, per_clip(attention_mask), position_bias=per_clip(position_bias), **kwargs
     )
     # (batch, beams * query_length, heads, head_dim) -> (batch * beams, query_length, heads, head_dim)
     return attn_output.reshape(batch_size * num_beams, query_length, num_heads, head_dim), None
 
 
-# SDPA's masks: transformers builds none for an attention implementation without a registered mask function.
+# With SDPA's masks: transformers builds none for an attention implementation without a registered mask function.
 AttentionInterface.register(BEAM_GROUPED_SDPA, beam_grouped_sdpa_attention)
-AttentionMaskInterface.register(BEAM_GROUPED_SDPA, sdpa_mask)
+AttentionMaskInterface.register(BEAM_GROUPED_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
@@ -467,6 +498,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForSeq2SeqLM.from_config(config.text_config)
         if not config.text_config.scale_decoder_outputs:
             untie_lm_head(self.language_model)
+        self._set_language_model_stack_attention()
         self.post_init()
         self.generation_config = self._default_generation_config(config)
         self.add_model_tags(list(HUB_TAGS))  # the tags of transformers' `push_to_hub` model card
@@ -538,16 +570,29 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 f"`attention_mask` has shape {tuple(attention_mask.shape)} but `{name}` has {tuple(input_ids.shape)}."
             )
 
-    def set_attn_implementation(self, attn_implementation: str | dict) -> None:
+    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs) -> None:
         """
-        `PreTrainedModel.set_attn_implementation`, with the T5's encoder and decoder following the text config: their
-        stacks hold copies of it, which transformers 5.23 leaves as they were when the implementation is given per
-        sub-config (`{"text_config": "eager"}`).
+        `PreTrainedModel.set_attn_implementation`, with the T5's encoder and decoder following the language model
+        (see `_set_language_model_stack_attention`).
         """
-        super().set_attn_implementation(attn_implementation)
+        super().set_attn_implementation(attn_implementation, **kwargs)
+        self._set_language_model_stack_attention()
+
+    def _set_language_model_stack_attention(self) -> None:
+        """
+        Put the T5's encoder and decoder stacks on the language model's attention implementation, the decoder on
+        `"blap_beam_grouped_sdpa"` ([`beam_grouped_sdpa_attention`]: SDPA that also attends the beams of a clip to
+        cross-attention keys kept once per clip) where that implementation is SDPA. The stacks hold copies of the
+        language model's config, which transformers 5.23 leaves as they were when the implementation is set per
+        sub-config (`{"text_config": "eager"}`). Set when the model is built and by `set_attn_implementation`, never
+        while generating, so that threads captioning with one model do not interfere; the saved config does not carry
+        the name (transformers does not serialise attention implementations).
+        """
         implementation = self.language_model.config._attn_implementation
-        for stack in (self.language_model.encoder, self.language_model.decoder):
-            stack.config._attn_implementation = implementation
+        self.language_model.encoder.set_attn_implementation(implementation)
+        self.language_model.decoder.set_attn_implementation(
+            BEAM_GROUPED_SDPA if implementation == "sdpa" else implementation
+        )
 
     # ---------------------------------------------------------------- features
 
@@ -639,7 +684,7 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
 
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if labels is not None and decoder_input_ids is None:
-            decoder_input_ids = self.language_model._shift_right(labels)
+            decoder_input_ids = self.language_model.prepare_decoder_input_ids_from_labels(labels=labels)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=encoder_mask,
@@ -699,22 +744,20 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         generation_config.update(**self.generation_config.to_dict(), defaults_only=True)
         model_kwargs = generation_config.update(**generate_kwargs)  # what is not a generation option: streamer, ...
-        defaults = generation_config._get_default_generation_params()
-        num_beams = generation_config.num_beams or defaults["num_beams"]
-        # A model split over devices or offloaded by accelerate moves weights and inputs at the T5 block boundary,
-        # so its cross-attention projections cannot be called on their own.
+        num_beams = generation_config.num_beams  # unset: transformers' default, no beam search
+        # A model split over devices or offloaded by accelerate takes transformers' own path: BLAP's beam-search cache
+        # is not tested across devices.
         dispatched = len(set(getattr(self, "hf_device_map", {}).values())) > 1
-        grouped = False
         if (
-            num_beams > 1
+            num_beams is not None
+            and num_beams > 1
             and generation_config.use_cache is not False
             and generation_config.cache_implementation is None
-            and model_kwargs.get("past_key_values") is None
+            and all(model_kwargs.get(name) is None for name in ("past_key_values", "cache"))
             and not dispatched
         ):
-            # Beam search: run the T5 encoder once per clip and project its output into every decoder layer's
-            # cross-attention keys/values once per clip too. With SDPA the decoder attends them as they are
-            # (`beam_grouped_sdpa_attention`); other attention implementations get them repeated for the beams.
+            # Beam search: run the T5 encoder once per clip and fill every decoder layer's cross-attention keys and
+            # values once per clip too (`_beam_search_cache`).
             encoder_outputs = self.language_model.get_encoder()(
                 inputs_embeds=inputs_embeds,
                 attention_mask=encoder_mask,
@@ -722,66 +765,67 @@ class BlapForConditionalGeneration(BlapPreTrainedModel, GenerationMixin):
                 output_hidden_states=generation_config.output_hidden_states,
                 return_dict=True,
             )
-            grouped = self.language_model.decoder.config._attn_implementation == "sdpa"
             model_kwargs["encoder_outputs"] = encoder_outputs
-            # The decoder reads the start token and every generated token but the last.
-            caption_length = (
-                generation_config.max_new_tokens or (generation_config.max_length or defaults["max_length"]) - 1
-            )
-            model_kwargs["past_key_values"] = self._beam_search_cache(
-                encoder_outputs.last_hidden_state, num_beams, caption_length, repeat=not grouped
+            model_kwargs[CACHE_ARGUMENT] = self._beam_search_cache(
+                encoder_outputs.last_hidden_state, encoder_mask, num_beams, self._caption_capacity(generation_config)
             )
         else:
             model_kwargs["inputs_embeds"] = inputs_embeds
-        with self._decoder_attention(BEAM_GROUPED_SDPA) if grouped else contextlib.nullcontext():
-            return self.language_model.generate(
-                attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
-            )
+        return self.language_model.generate(
+            attention_mask=encoder_mask, generation_config=generation_config, **model_kwargs
+        )
 
-    @contextlib.contextmanager
-    def _decoder_attention(self, implementation: str):
-        """Run the T5 decoder's attention with `implementation` inside the block (all its layers share one config)."""
-        decoder_config = self.language_model.decoder.config
-        previous = decoder_config._attn_implementation
-        decoder_config._attn_implementation = implementation
-        try:
-            yield
-        finally:
-            decoder_config._attn_implementation = previous
+    @staticmethod
+    def _caption_capacity(generation_config: GenerationConfig) -> int:
+        """
+        The decoder positions of the longest caption `generation_config` allows: the start token and every generated
+        token but the last. Without a length there (transformers' default applies) BLAP's default length, which the
+        self-attention cache grows past when needed.
+        """
+        if generation_config.max_new_tokens is not None:
+            return generation_config.max_new_tokens
+        if generation_config.max_length is not None:
+            return max(generation_config.max_length - 1, 1)
+        return BLAP_GENERATION_DEFAULTS["max_new_tokens"]
 
     def _beam_search_cache(
-        self, encoder_hidden_states: torch.Tensor, num_beams: int, caption_length: int, repeat: bool = True
+        self, encoder_hidden_states: torch.Tensor, encoder_mask: torch.Tensor, num_beams: int, capacity: int
     ) -> BlapBeamSearchCache:
         """
-        A decoder cache whose cross-attention part is already filled: each decoder layer's keys and values are
-        projected from the `batch_size` encoder outputs, instead of being projected from `batch_size * num_beams`
-        identical copies at the first decoding step. Its self-attention part is allocated at the first step for
-        `caption_length` positions ([`BlapBufferedLayer`]).
+        A decoder cache whose cross-attention part is already filled, by one decoder step on the `batch_size` encoder
+        outputs (the decoder start token per clip), instead of projecting `batch_size * num_beams` identical copies at
+        the first decoding step. Under `"blap_beam_grouped_sdpa"` (the decoder of a model set to SDPA) the keys and
+        values stay once per clip and [`beam_grouped_sdpa_attention`] attends the beams of a clip to them; other
+        attention implementations get them repeated for the beams. The self-attention part is allocated at the first
+        step for `capacity` positions ([`BlapBufferedLayer`]).
 
         Args:
             encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, encoder_length, d_model)`): the T5
                 encoder's output, one row per clip.
+            encoder_mask (`torch.LongTensor` of shape `(batch_size, encoder_length)`).
             num_beams (`int`): beams per clip.
-            caption_length (`int`): decoder positions the self-attention cache is allocated for.
-            repeat (`bool`, *optional*, defaults to `True`): repeat the keys and values for the beams (any attention
-                implementation); `False` keeps them once per clip, for [`beam_grouped_sdpa_attention`].
+            capacity (`int`): decoder positions the self-attention cache is allocated for.
 
         Returns:
             [`BlapBeamSearchCache`]: cross-attention keys and values of shape
-            `(batch_size * num_beams, num_heads, encoder_length, d_kv)` per layer (`(batch_size, ...)` without
-            `repeat`), an empty self-attention cache.
+            `(batch_size or batch_size * num_beams, num_heads, encoder_length, d_kv)` per layer, an empty
+            self-attention cache.
         """
-        cross_attention = []
-        for block in self.language_model.decoder.block:
-            attention = block.layer[1].EncDecAttention
-            shape = (*encoder_hidden_states.shape[:-1], -1, attention.key_value_proj_dim)
-            keys = attention.k(encoder_hidden_states).view(shape).transpose(1, 2)
-            values = attention.v(encoder_hidden_states).view(shape).transpose(1, 2)
-            if repeat:
-                keys, values = keys.repeat_interleave(num_beams, 0), values.repeat_interleave(num_beams, 0)
-            cross_attention.append((keys, values))
-        self_attention = Cache(layers=[BlapBufferedLayer(caption_length) for _ in cross_attention])
-        return BlapBeamSearchCache(self_attention, DynamicCache(cross_attention))
+        decoder = self.language_model.decoder
+        start = self.config.text_config.decoder_start_token_id
+        start_ids = torch.full((encoder_hidden_states.shape[0], 1), start, device=encoder_hidden_states.device)
+        cross_attention = DynamicCache()
+        decoder(
+            input_ids=start_ids,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_mask,
+            use_cache=True,
+            **{CACHE_ARGUMENT: EncoderDecoderCache(DynamicCache(), cross_attention)},
+        )
+        if decoder.config._attn_implementation != BEAM_GROUPED_SDPA:
+            cross_attention.batch_repeat_interleave(num_beams)
+        self_attention = Cache(layers=[BlapBufferedLayer(capacity) for _ in cross_attention.layers])
+        return BlapBeamSearchCache(self_attention, cross_attention)
 
     # ---------------------------------------------------------------- training
 
