@@ -91,7 +91,7 @@ class BlapPreTrainedModel(PreTrainedModel):
     # Quantizers (bitsandbytes, ...) leave out `_keep_in_fp32_modules`, not the strict list: the same modules.
     _keep_in_fp32_modules = _keep_in_fp32_modules_strict
     _no_split_modules = ["ClapAudioLayer", "Blip2QFormerLayer", "T5Block"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]  # the cache argument before and from transformers 5.25
 
     # Top-level modules held in eval mode whatever `train()` says (frozen ones: BatchNorm statistics never move).
     _frozen_eval_modules: tuple[str, ...] = ()
