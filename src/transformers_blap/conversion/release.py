@@ -52,6 +52,26 @@ def _local_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _hub_config(
+    repo_id: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    token: str | bool | None,
+    local_files_only: bool,
+) -> Path:
+    """The `config.json` of `repo_id` at `revision`, downloaded into the Hub cache (`snapshots/<commit>/`)."""
+    return Path(
+        huggingface_hub.hf_hub_download(
+            repo_id,
+            "config.json",
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
+    )
+
+
 def converted_release_folder(
     folder: str | os.PathLike | None = None,
     repo_id: str | None = None,
@@ -95,16 +115,7 @@ def converted_release_folder(
         if (target / "config.json").is_file():  # converted by another process meanwhile
             return target
         if repo_id is not None:
-            config = Path(
-                huggingface_hub.hf_hub_download(
-                    repo_id,
-                    "config.json",
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    token=token,
-                    local_files_only=local_files_only,
-                )
-            )
+            config = _hub_config(repo_id, revision, cache_dir, token, local_files_only)
             base_models = (load_original_config(config)["LLM"]["t5_model"], DEFAULT_QFORMER_MODEL)
             checkpoint, config = download_original_release(
                 repo_id,
@@ -160,16 +171,7 @@ def original_release_folder(
         return converted_release_folder(folder=repo_or_path, cache_dir=cache_dir)
     repo_id = str(repo_or_path)
     try:
-        config_file = Path(
-            huggingface_hub.hf_hub_download(
-                repo_id,
-                "config.json",
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-            )
-        )
+        config_file = _hub_config(repo_id, revision, cache_dir, token, local_files_only)
     except Exception as error:
         raise ConversionError(f"cannot read the config.json of {repo_id}: {type(error).__name__}: {error}") from error
     if not is_original_release(config_file.parent):
