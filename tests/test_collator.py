@@ -19,6 +19,7 @@ from transformers_blap.training import (
     load_caption_dataset,
     load_caption_file,
 )
+from transformers_blap.training.collator import SeededExamples
 
 from tiny import tiny_processor
 
@@ -182,6 +183,26 @@ def test_caption_choice_and_augmentation(clips):
     assert evaluation.captions == ["upbeat one"]  # first caption, not augmented
     assert evaluation.references == [example["captions"]]
     assert preparer.training  # the evaluation copy left the original alone
+
+
+def test_seeded_examples_draw_from_their_own_seed_and_leave_the_global_generator_alone(clips):
+    """A row from `SeededExamples` gets the same window and caption whatever was drawn before (what makes a resumed
+    run continue exactly as the uninterrupted one), and collating it does not move torch's global generator."""
+    preparer = AudioCaptionPreparer(sampling_rate=RATE, window_s=1.0)
+    rows = SeededExamples([{"audio": str(clips["long"]), "captions": [f"caption {i}" for i in range(20)]}] * 3, seed=7)
+
+    def draws(global_seed: int) -> tuple[list[int], list[str]]:
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        batch = preparer([rows[index] for index in range(3)])
+        assert torch.equal(torch.get_rng_state(), state)
+        return [_offset(window) for window in batch.waveforms], batch.captions
+
+    first = draws(0)
+    assert draws(1) == first
+    assert len(set(first[0])) == 3  # the rows' own seeds differ
+    rows.set_epoch(1)
+    assert draws(0) != first
 
 
 def test_every_audio_source_decodes(clips):

@@ -69,13 +69,22 @@ def train_dataloader_with_seeded_examples(trainer: Any, make_loader: Callable[[]
 
 @contextlib.contextmanager
 def _seeded(seed: int | None):
-    """Inside the block torch's global generator starts from `seed`; afterwards it is as before (no-op for None)."""
+    """
+    Inside the block torch's global CPU generator starts from `seed`; afterwards it is as before (no-op for None).
+
+    Only the CPU generator is touched: `torch.manual_seed` would also reseed (and `fork_rng(devices=[])` not restore)
+    the accelerators' generators, and on CPU-only builds it records a stack trace per call for CUDA's lazy seeding,
+    which made this block about half of a small model's training step.
+    """
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        torch.set_rng_state(state)
 
 
 @dataclass
