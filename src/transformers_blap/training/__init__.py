@@ -1,5 +1,6 @@
 """Training BLAP: data collation, caption augmentation, caption datasets and the stage-1 / stage-2 trainers."""
 
+from .adapter import LORA_TARGET_MODULES, STAGE2_MODULES_TO_SAVE, is_lora_folder, is_lora_model
 from .augmentation import (
     STAGE1_FIRST_WORD_DROP_PROBABILITY,
     STAGE2_DROPPED_PHRASES,
@@ -17,15 +18,7 @@ from .data import (
     resolve_caption_columns,
 )
 from .launch import CaptionDataArguments, checkpoint_to_resume, load_caption_splits
-from .lora import (
-    LORA_TARGET_MODULES,
-    STAGE2_MODULES_TO_SAVE,
-    add_lora,
-    is_lora_folder,
-    is_lora_model,
-    load_lora_captioner,
-    save_lora_captioner,
-)
+from .lora import add_lora, load_lora_captioner, save_lora_captioner
 from .model_card import render_training_card, training_card_sections, write_model_card
 from .stage2 import (
     BlapStage2Trainer,

@@ -1,15 +1,8 @@
 """
 LoRA stage-2 training through peft's own API.
 
-A LoRA run puts a LoRA adapter on Flan-T5's attention and trains the stage-2 set beside it. It is a `peft.PeftModel`
-([`add_lora`]) and saves a standard peft adapter folder (`adapter_config.json`, `adapter_model.safetensors`):
-
-- the LoRA weights, by peft;
-- the Q-Former, the audio LayerNorm and the projection into the language model, as peft `modules_to_save`;
-- the query tokens, a bare `nn.Parameter` that `modules_to_save` cannot name (it wraps modules only): the trainer
-  ([`BlapStage2Trainer`]) and [`save_lora_captioner`] add them to `adapter_model.safetensors` under the key peft uses
-  for every weight (`base_model.model.query_tokens`). peft's loader passes entries that are not adapter weights
-  through to `load_state_dict`, so `PeftModel.from_pretrained(base, folder)` restores them.
+A LoRA run puts a LoRA adapter on Flan-T5's attention and trains the stage-2 set beside it: [`add_lora`] returns a
+`peft.PeftModel`, which saves a standard peft adapter folder (what it holds: `training.adapter`).
 
 `PeftModel.from_pretrained(BlapForConditionalGeneration.from_pretrained(base), folder)` therefore gives the trained
 model; [`load_lora_captioner`] does that for the base named in the folder, merged by default, with the run's
@@ -21,32 +14,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from transformers import GenerationConfig
 
 from ..modeling_blap import BlapForConditionalGeneration
-
-# LoRA on the query and value projections of every T5 attention (self-attention and cross-attention). peft matches a
-# string target with `re.fullmatch` against module names; the Q-Former and HTS-AT name theirs `query` / `value`.
-LORA_TARGET_MODULES = r"language_model\..*\.(SelfAttention|EncDecAttention)\.(q|v)"
-# The stage-2 modules trained beside the adapter (peft keeps a trainable copy of each and saves it with the adapter).
-STAGE2_MODULES_TO_SAVE = ("qformer", "audio_layernorm", "language_projection")
-# The stage-2 parameter that is no module's own: saved into the adapter file by this module.
-QUERY_TOKENS = "query_tokens"
-_PEFT_PREFIX = "base_model.model."
-
-
-def is_lora_model(model: torch.nn.Module) -> bool:
-    """Whether `model` is a `peft.PeftModel` (e.g. from [`add_lora`])."""
-    return isinstance(model, PeftModel)
-
-
-def is_lora_folder(path: str | os.PathLike) -> bool:
-    """Whether `path` is a local peft adapter folder (it holds `adapter_config.json`)."""
-    return os.path.isfile(os.path.join(path, CONFIG_NAME))
+from .adapter import LORA_TARGET_MODULES, STAGE2_MODULES_TO_SAVE, is_lora_model, write_lora_extras
+from .stage2 import configure_stage2_trainable, load_stage2_model
 
 
 def add_lora(
@@ -72,8 +46,6 @@ def add_lora(
     Returns:
         `peft.PeftModel`: the wrapped model (`get_base_model()` is `model`, with the adapter injected).
     """
-    from .stage2 import configure_stage2_trainable
-
     if not isinstance(model, BlapForConditionalGeneration):
         raise TypeError(f"`model` must be a BlapForConditionalGeneration, got {type(model).__name__}.")
     config = LoraConfig(
@@ -101,26 +73,6 @@ def add_lora(
         )
     configure_stage2_trainable(peft_model)
     return peft_model
-
-
-def write_lora_extras(model: PeftModel, save_directory: str | os.PathLike) -> None:
-    """
-    Complete an adapter folder that `model.save_pretrained` wrote: add the query tokens to
-    `adapter_model.safetensors` (replaced atomically) and write the generation settings (`generation_config.json`).
-
-    Args:
-        model (`peft.PeftModel`) from [`add_lora`].
-        save_directory (`str` or `os.PathLike`): the folder `model.save_pretrained` wrote.
-    """
-    save_directory = Path(save_directory)
-    weights_file = save_directory / SAFETENSORS_WEIGHTS_NAME
-    weights = safetensors.torch.load_file(weights_file)
-    base = model.get_base_model()
-    weights[_PEFT_PREFIX + QUERY_TOKENS] = getattr(base, QUERY_TOKENS).detach().contiguous().cpu()
-    partial = weights_file.with_name(weights_file.name + ".partial")
-    safetensors.torch.save_file(weights, partial, metadata={"format": "pt"})
-    os.replace(partial, weights_file)
-    base.generation_config.save_pretrained(save_directory)
 
 
 def save_lora_captioner(model: PeftModel, save_directory: str | os.PathLike) -> None:
@@ -160,8 +112,6 @@ def load_lora_captioner(
     Returns:
         [`BlapForConditionalGeneration`] (merged) or `peft.PeftModel`.
     """
-    from .stage2 import load_stage2_model
-
     base = base if base is not None else PeftConfig.from_pretrained(folder).base_model_name_or_path
     if not base:
         raise OSError(f"{folder} does not name the base model of its LoRA adapter: pass `base=`.")
@@ -183,13 +133,4 @@ def load_lora_captioner(
     return model.eval()
 
 
-__all__ = [
-    "LORA_TARGET_MODULES",
-    "STAGE2_MODULES_TO_SAVE",
-    "add_lora",
-    "is_lora_folder",
-    "is_lora_model",
-    "load_lora_captioner",
-    "save_lora_captioner",
-    "write_lora_extras",
-]
+__all__ = ["add_lora", "load_lora_captioner", "save_lora_captioner"]

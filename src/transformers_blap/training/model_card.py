@@ -15,8 +15,8 @@ from typing import Any
 from ..evaluation.metrics import ALL_METRICS
 from ..evaluation.report import metric_display_name
 from ..hub import DEFAULT_LICENSE, describe_generation, eval_result, hub_id_or_none, render_model_card
+from .adapter import is_lora_model
 from .launch import DATA_REPORT_NAME
-from .lora import is_lora_model
 
 # Keys of `Trainer.log` entries that are bookkeeping, not evaluation results.
 _EVAL_BOOKKEEPING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")

@@ -30,10 +30,10 @@ from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from ..configuration_blap import BlapConfig
 from ..hub import HubErrorsInTrainer
 from ..modeling_blap import BlapForConditionalGeneration
+from .adapter import QUERY_TOKENS, is_lora_model, write_lora_extras
 from .collator import BlapDataCollator, as_caption_list, train_dataloader_with_seeded_examples
 from .data import CAPTIONS_COLUMN
 from .launch import OVERWRITE_OUTPUT_DIR_HELP
-from .lora import QUERY_TOKENS, is_lora_model, write_lora_extras
 from .model_card import TrainingCardMixin
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class BlapStage2Trainer(TrainingCardMixin, HubErrorsInTrainer, Seq2SeqTrainer):
       `num_logged_captions` captions are logged and appended to `output_dir/eval_captions.jsonl`.
     - A LoRA model (a `peft.PeftModel` from [`~training.lora.add_lora`]) saves peft adapter folders (the adapter,
       the stage-2 modules as `modules_to_save`, the query tokens and the generation settings, see
-      `training.lora`); `Trainer` reads them back itself for `resume_from_checkpoint` and `load_best_model_at_end`.
+      `training.adapter`); `Trainer` reads them back itself for `resume_from_checkpoint` and `load_best_model_at_end`.
     - `create_model_card` (also run by `push_to_hub`) writes a card with the data, hyperparameters and evaluation
       table.
 
@@ -529,7 +529,7 @@ class BlapStage2Trainer(TrainingCardMixin, HubErrorsInTrainer, Seq2SeqTrainer):
     def save_model(self, output_dir: str | None = None, *args, **kwargs) -> None:
         """
         `Trainer.save_model` (final saves and checkpoints alike); a LoRA model's adapter folder also gets the query
-        tokens and the generation settings ([`~training.lora.write_lora_extras`]).
+        tokens and the generation settings ([`~training.adapter.write_lora_extras`]).
         """
         super().save_model(output_dir, *args, **kwargs)
         if is_lora_model(self.model) and self.args.should_save:
