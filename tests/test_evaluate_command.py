@@ -10,7 +10,7 @@ import soundfile
 import torch
 
 from transformers_blap import BlapForConditionalGeneration
-from transformers_blap.evaluation.command import main
+from transformers_blap.cli import main
 
 from tiny import tiny_config, tiny_processor
 

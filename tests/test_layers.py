@@ -130,7 +130,7 @@ def test_help_of_blap_and_every_subcommand_loads_neither_torch_nor_transformers(
 
 def test_cli_choices_and_handlers_match_the_library():
     from transformers_blap.conversion import original
-    from transformers_blap.evaluation.command import DEFAULT_CSV_NAMES
+    from transformers_blap.evaluation.arguments import DEFAULT_CSV_NAMES
     from transformers_blap.precision import DTYPE_CHOICES
 
     assert commands.DTYPE_CHOICES == DTYPE_CHOICES

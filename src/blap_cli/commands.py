@@ -17,7 +17,7 @@ from typing import Any
 # The `--dtype` choices: "auto" picks by hardware, "checkpoint" keeps the saved dtype; `transformers_blap.precision`
 # resolves them (its DTYPE_CHOICES, the same list: a test holds them equal).
 DTYPE_CHOICES = ("auto", "checkpoint", "float32", "float16", "bfloat16")
-# The benchmarks of `blap evaluate` (the keys of `transformers_blap.evaluation.command.DEFAULT_CSV_NAMES`).
+# The benchmarks of `blap evaluate` (the keys of `transformers_blap.evaluation.arguments.DEFAULT_CSV_NAMES`).
 BENCHMARKS = ("musiccaps", "song_describer", "yt8m_musictextclips")
 # `blap convert-original` (`transformers_blap.conversion.original`'s DEFAULT_HUB_REPO, DEFAULT_QFORMER_MODEL, DTYPES).
 ORIGINAL_HUB_REPO = "Tino3141/blap"
@@ -365,7 +365,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--metrics",
-        type=lazy_type("transformers_blap.evaluation.command:metric_names"),
+        type=lazy_type("transformers_blap.evaluation.arguments:metric_names"),
         default="all",
         help="all (default), paper (Table 1's five), ngram (BLEU, METEOR, ROUGE-L, CIDEr-D: no downloads), or a"
         " comma-separated list of metric names",
@@ -374,7 +374,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
         "--metrics-cache", type=Path, help=f"the setup-metrics cache (default: {METRICS_CACHE_DEFAULT})"
     )
     add_generation_arguments(parser, "clips per generate call", windows=False)
-    parser.set_defaults(handler="transformers_blap.evaluation.command:run_evaluate")
+    parser.set_defaults(handler="transformers_blap.cli:run_evaluate")
 
 
 def add_setup_metrics_command(subparsers: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """
-The handlers of `blap caption`, `blap caption-ray` and `blap push` (`argparse.Namespace -> int` exit status). The
-parsers, the error handling and `main` are the `blap_cli` package's, outside this one so that `--help` loads neither
-torch nor transformers; `python -m transformers_blap.cli` runs the same `blap` command.
+The handlers of `blap caption`, `blap caption-ray`, `blap evaluate` and `blap push` (`argparse.Namespace -> int`
+exit status). The parsers, the error handling and `main` are the `blap_cli` package's, outside this one so that
+`--help` loads neither torch nor transformers; `python -m transformers_blap.cli` runs the same `blap` command.
 """
 
 import argparse
@@ -16,10 +16,31 @@ from .library_commands import load_dataset_argument, ray_job_inputs, ray_pool_op
 from .precision import resolve_dtype
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from .tagging import ZeroShotTagger
 
 
 # ------------------------------------------------------------------------------------------------------ caption
+
+
+def load_captioner(model: str, dtype) -> tuple["str | PreTrainedModel", str]:
+    """
+    What `--model` names, for captioning: the original release converted (`conversion.release`), a LoRA run's
+    adapter folder loaded and merged (`training.lora.load_lora_captioner`), or else the folder or Hub id itself.
+
+    Returns:
+        `tuple`: the loaded model or the folder/id to load it from, and the folder/id its processor is read from.
+    """
+    from .conversion.release import model_or_converted_release
+
+    source = os.fspath(model_or_converted_release(model))
+    # A LoRA run's peft adapter folder, told by its file name: the training code needs the `train` extra.
+    if os.path.isfile(os.path.join(source, "adapter_config.json")):
+        from .training.lora import load_lora_captioner
+
+        return load_lora_captioner(source, dtype=dtype), source
+    return source, source
 
 
 def _generation_options(args: argparse.Namespace) -> dict:
@@ -77,7 +98,6 @@ def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs
-    from .conversion.release import model_or_converted_release
 
     if bool(args.inputs) == (args.dataset is not None):
         raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
@@ -92,16 +112,11 @@ def run_caption(args: argparse.Namespace) -> int:
     tagger = _caption_tagger(args, device)
     try:
         dtype = resolve_dtype(args.dtype, device)
-        model, processor = model_or_converted_release(args.model), None
-        # A LoRA run's peft adapter folder (checked by name: the training code needs the `train` extra).
-        if os.path.isfile(os.path.join(args.model, "adapter_config.json")):
-            from .training.lora import load_lora_captioner
-
-            model, processor = load_lora_captioner(args.model, dtype=dtype), args.model
+        model, source = load_captioner(args.model, dtype)
         pipe = pipeline(
             "audio-to-text",
             model=model,
-            processor=processor,
+            processor=None if isinstance(model, str) else source,
             device=device,
             dtype=dtype,
             trust_remote_code=args.trust_remote_code,
@@ -160,6 +175,59 @@ def run_caption_ray(args: argparse.Namespace) -> int:
     for path, error in errors.items():
         print(f"blap caption-ray: failed: {path}: {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+# ------------------------------------------------------------------------------------------------------ evaluate
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation.arguments import load_benchmark
+    from .evaluation.loop import run_evaluation
+    from .evaluation.resources import MissingMetricResourceError
+    from .modeling_blap import BlapForConditionalGeneration
+    from .processing_blap import BlapProcessor
+
+    benchmark = load_benchmark(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_dtype(args.dtype, device)
+    model, source = load_captioner(args.model, dtype)
+    if isinstance(model, str):
+        model = BlapForConditionalGeneration.from_pretrained(model, dtype=dtype)
+    model.to(device).eval()
+    processor = BlapProcessor.from_pretrained(source)
+    if args.prompt is not None:
+        processor.prompt = args.prompt
+    generate_kwargs = {
+        name: value
+        for name, value in (
+            ("num_beams", args.num_beams),
+            ("max_new_tokens", args.max_new_tokens),
+            ("min_length", args.min_length),
+        )
+        if value is not None
+    }
+    scorer_kwargs = {"device": device}
+    if args.metrics_cache is not None:
+        scorer_kwargs["cache_dir"] = args.metrics_cache
+    try:
+        report = run_evaluation(
+            model,
+            processor,
+            benchmark,
+            args.output,
+            predictions_path=args.predictions,
+            batch_size=args.batch_size,
+            generate_kwargs=generate_kwargs,
+            metrics=args.metrics,
+            scorer_kwargs=scorer_kwargs,
+            model_name=args.model,
+        )
+    except MissingMetricResourceError as error:
+        print(f"blap evaluate: {error}", file=sys.stderr)
+        return 2
+    return 1 if report["clips_failed"] else 0
 
 
 # --------------------------------------------------------------------------------------------------------- push
