@@ -26,6 +26,7 @@ from transformers_blap.training import (
     configure_stage2_trainable,
     load_lora_captioner,
     load_stage2_model,
+    save_lora_captioner,
     warn_if_float16,
 )
 
@@ -373,6 +374,41 @@ def test_lora_trains_adapter_and_stage2_weights_and_saves_a_peft_folder(processo
     with torch.no_grad():
         moved = load_lora_captioner(out, base=tmp_path / "moved", merge=False)
         assert isinstance(moved, PeftModel)
+        torch.testing.assert_close(moved(**batch).logits, expected)
+
+
+def test_lora_from_a_stage1_checkpoint_records_its_language_model(processor, clip_dataset, tmp_path):
+    """A LoRA run from a stage-1 checkpoint and a separate Flan-T5: the adapter's base (stage 1) has no language
+    model, so the folder records where it came from, and the folder alone gives the captioner back."""
+    torch.manual_seed(1)
+    BlapForRepresentationLearning(tiny_stage1_config()).save_pretrained(tmp_path / "stage1")
+    T5ForConditionalGeneration.save_pretrained(deterministic_model(seed=2).language_model, tmp_path / "flan-t5")
+    model = add_lora(
+        load_stage2_model(tmp_path / "stage1", language_model_name_or_path=tmp_path / "flan-t5"), r=2, lora_alpha=4
+    )
+    with torch.no_grad():  # a trained adapter and projection: nothing of the folder may be left out on reload
+        for name, param in model.named_parameters():
+            if ".lora_B." in name or "language_projection.modules_to_save" in name:
+                param.add_(0.01 * torch.randn_like(param))
+    save_lora_captioner(model, tmp_path / "out")
+    processor.save_pretrained(tmp_path / "out")  # as the trainer saves it
+    batch = _batch(processor, clip_dataset, size=2)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        torch.testing.assert_close(load_lora_captioner(tmp_path / "out")(**batch).logits, expected)
+    captions = tmp_path / "captions.jsonl"
+    clip = clip_dataset[0]["audio"]
+    assert cli_main(["caption", clip, "--model", str(tmp_path / "out"), "--output", str(captions)]) == 0
+    (record,) = [json.loads(line) for line in captions.read_text().splitlines()]
+    assert record["error"] is None and record["caption"]
+    (tmp_path / "flan-t5").rename(tmp_path / "moved")
+    with pytest.raises(
+        OSError, match=r"stage-1 checkpoint .*flan-t5\) is not on this machine: pass `language_model=`"
+    ):
+        load_lora_captioner(tmp_path / "out")
+    with torch.no_grad():
+        moved = load_lora_captioner(tmp_path / "out", language_model=tmp_path / "moved")
         torch.testing.assert_close(moved(**batch).logits, expected)
 
 

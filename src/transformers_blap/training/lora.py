@@ -18,8 +18,15 @@ import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import GenerationConfig
 
-from ..modeling_blap import BlapForConditionalGeneration
-from .adapter import LORA_TARGET_MODULES, STAGE2_MODULES_TO_SAVE, is_lora_model, write_lora_extras
+from ..configuration_blap import BlapConfig
+from ..modeling_blap import BlapForConditionalGeneration, BlapForRepresentationLearning
+from .adapter import (
+    LORA_TARGET_MODULES,
+    STAGE2_MODULES_TO_SAVE,
+    is_lora_model,
+    recorded_language_model,
+    write_lora_extras,
+)
 from .stage2 import configure_stage2_trainable, load_stage2_model
 
 
@@ -103,8 +110,8 @@ def load_lora_captioner(
         folder (`str` or `os.PathLike`): a peft adapter folder written by a LoRA run (local or a Hub id).
         base (`str` or `os.PathLike`, *optional*): the base model; defaults to the one recorded in the folder's
             `adapter_config.json`.
-        language_model (`str` or `os.PathLike`, *optional*): the Flan-T5 folder, when the base is a stage-1
-            checkpoint (as for [`load_stage2_model`]).
+        language_model (`str` or `os.PathLike`, *optional*): the Flan-T5 folder or Hub id, when the base is a
+            stage-1 checkpoint (as for [`load_stage2_model`]); defaults to the one the folder records.
         merge (`bool`, *optional*, defaults to `True`): merge the adapter into the weights and return a plain
             [`BlapForConditionalGeneration`] (what the pipeline and the CLI use); `False` returns the `PeftModel`.
         dtype (`torch.dtype` or `str`, *optional*): the base model's, as for `from_pretrained`.
@@ -120,6 +127,16 @@ def load_lora_captioner(
             f"{folder} is a LoRA adapter on the base model {base}, which is not on this machine: pass `base=` (the"
             " base model's folder or Hub id)."
         )
+    if language_model is None and BlapForRepresentationLearning.__name__ in (
+        BlapConfig.from_pretrained(base).architectures or []
+    ):
+        language_model = recorded_language_model(folder)
+        if language_model is None or (os.path.isabs(language_model) and not os.path.exists(language_model)):
+            raise OSError(
+                f"{folder} is a LoRA adapter on the stage-1 checkpoint {base}, whose language model"
+                f" ({language_model or 'not recorded'}) is not on this machine: pass `language_model=` (a Flan-T5"
+                " folder or Hub id)."
+            )
     model = PeftModel.from_pretrained(load_stage2_model(base, language_model, dtype=dtype), folder)
     try:
         generation_config = GenerationConfig.from_pretrained(folder)

@@ -115,7 +115,7 @@ def _above_warning(record: logging.LogRecord) -> bool:
 def load_stage2_model(
     model_name_or_path: str | os.PathLike,
     language_model_name_or_path: str | os.PathLike | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> BlapForConditionalGeneration:
     """
     The model stage 2 starts from.
@@ -131,9 +131,10 @@ def load_stage2_model(
         model_name_or_path (`str` or `os.PathLike`): a BLAP checkpoint (local folder or Hub id).
         language_model_name_or_path (`str` or `os.PathLike`, *optional*): a local T5 folder; replaces the checkpoint's
             language model.
-        dtype (`torch.dtype`, *optional*): e.g. `torch.bfloat16` for the frozen weights; the Q-Former and query
-            tokens stay float32 (`_keep_in_fp32_modules`) and [`configure_stage2_trainable`] makes the other
-            trainable weights float32.
+        dtype (`torch.dtype` or `str`, *optional*): e.g. `torch.bfloat16` for the frozen weights; the Q-Former and
+            query tokens stay float32 (`_keep_in_fp32_modules`) and [`configure_stage2_trainable`] makes the other
+            trainable weights float32. `"auto"` (as for `from_pretrained`) loads the checkpoint's dtype and leaves the
+            language model in the dtype it was loaded in.
 
     Returns:
         [`BlapForConditionalGeneration`].
@@ -143,6 +144,7 @@ def load_stage2_model(
     if language_model_name_or_path is not None:
         text_config = T5Config.from_pretrained(language_model_name_or_path)
         text_config.dense_act_fn = "gelu"  # the release runs Flan-T5 with exact GELU
+        text_config.name_or_path = str(language_model_name_or_path)  # recorded by a LoRA run's adapter folder
         config.text_config = text_config
         # The language model and projection are expected to be missing from a stage-1 checkpoint: transformers'
         # load report would list them as a problem. Missing keys are checked below instead.
@@ -154,7 +156,7 @@ def load_stage2_model(
     missing_llm = [key for key in info["missing_keys"] if key.startswith("language_model.")]
     if language_model_name_or_path is not None:
         load_language_model_weights(model, language_model_name_or_path)
-        if dtype is not None:
+        if isinstance(dtype, torch.dtype):
             model.language_model.to(dtype)
     elif missing_llm:
         raise ValueError(
