@@ -2,7 +2,7 @@
 Proof that BLAP learns: a synthetic music corpus, a small BLAP trained through stage 1 and stage 2 on CPU, and an
 evaluation on held-out clips.
 
-    python scripts/train_demo.py --output-dir runs/demo-ci --variant ci      # the CI variant (a few minutes)
+    python scripts/train_demo.py --output-dir runs/demo-ci --variant ci      # the CI variant (10-15 min on 2 cores)
     python scripts/train_demo.py --output-dir runs/demo                      # the longer variant
     python scripts/train_demo.py --output-dir runs/demo --export demo/blap-synthetic \
         --export-stage1 demo/blap-synthetic-stage1                                 # and rebuild the demo models

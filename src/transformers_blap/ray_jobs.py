@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .captioning import _check_columns, caption_dataset, caption_files, read_records, record_key
+from .journal import latest_per_key
 
 if TYPE_CHECKING:
     import ray
@@ -236,7 +237,7 @@ class Captioner:
                 schema = schema.insert(0, batch.schema.field("id"))
             else:
                 caption_files(self.pipe, keys, journal, **options)
-            records = {record_key(record): record for record in read_records(journal)}
+            records = latest_per_key(read_records(journal), record_key)
         return pa.Table.from_pylist([records[key] for key in keys], schema=schema)
 
 

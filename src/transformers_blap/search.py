@@ -47,6 +47,7 @@ except ImportError as error:  # one readable line instead of a bare ModuleNotFou
     ) from error
 
 from .audio import DEFAULT_MIN_TAIL_S, DEFAULT_WINDOW_S, iter_windows
+from .journal import error_text
 from .modeling_blap import BlapForRepresentationLearning
 from .processing_blap import BlapStage1Processor
 
@@ -186,7 +187,7 @@ def embed_tracks(
             if chunks:
                 embeddings = torch.cat(chunks).numpy()
         except Exception as exc:  # a batch job records the failure and goes on
-            error = f"{type(exc).__name__}: {exc}"
+            error = error_text(exc)
         offset = 0
         for track, windows in pending:
             if track.error is None and error is not None:
@@ -205,7 +206,7 @@ def embed_tracks(
                 iter_windows(path, extractor.sampling_rate, window_s=window_s, hop_s=hop_s, min_tail_s=min_tail_s)
             )
         except Exception as exc:  # a batch job records the failure and goes on
-            track.error = f"{type(exc).__name__}: {exc}"
+            track.error = error_text(exc)
         track.starts = np.array([window.start_s for window in windows], dtype=np.float32)
         track.ends = np.array([window.end_s for window in windows], dtype=np.float32)
         pending.append((track, [window.samples for window in windows]))
