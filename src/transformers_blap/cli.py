@@ -16,6 +16,7 @@ from .library_commands import load_dataset_argument, ray_job_inputs, ray_pool_op
 from .precision import resolve_dtype
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel
 
     from .tagging import ZeroShotTagger
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------------------------------ caption
 
 
-def load_captioner(model: str, dtype) -> tuple["str | PreTrainedModel", str]:
+def load_captioner(model: str, dtype: "torch.dtype | str") -> tuple["str | PreTrainedModel", str]:
     """
     What `--model` names, for captioning: the original release converted (`conversion.release`), a LoRA run's
     adapter folder loaded and merged (`training.lora.load_lora_captioner`), or else the folder or Hub id itself.
@@ -58,8 +59,6 @@ def _generation_options(args: argparse.Namespace) -> dict:
 
 
 def _default_device() -> str:
-    import os
-
     import torch
 
     if torch.cuda.is_available():
@@ -181,8 +180,6 @@ def run_caption_ray(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     from .evaluation.arguments import load_benchmark
     from .evaluation.loop import run_evaluation
     from .evaluation.resources import MissingMetricResourceError
@@ -190,7 +187,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .processing_blap import BlapProcessor
 
     benchmark = load_benchmark(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or _default_device()
     dtype = resolve_dtype(args.dtype, device)
     model, source = load_captioner(args.model, dtype)
     if isinstance(model, str):
