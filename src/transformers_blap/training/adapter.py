@@ -74,7 +74,7 @@ def write_lora_extras(model: PeftModel, save_directory: str | os.PathLike) -> No
     base.generation_config.save_pretrained(save_directory)
     language_model = base.config.text_config.name_or_path
     if language_model:
-        if Path(language_model).exists():  # the adapter is read from elsewhere: a local folder is recorded absolute
+        if Path(language_model).exists():  # the adapter is read from elsewhere: recorded absolute
             language_model = str(Path(language_model).resolve())
         record = {"language_model_name_or_path": language_model}
         (save_directory / LANGUAGE_MODEL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
