@@ -71,7 +71,10 @@ class ModelArguments:
         }
     )
     language_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A local Flan-T5 folder: replaces the checkpoint's language model."}
+        default=None,
+        metadata={
+            "help": "A Flan-T5 folder or Hub id (e.g. google/flan-t5-xl): replaces the checkpoint's language model."
+        },
     )
     processor_name_or_path: str | None = field(
         default=None,

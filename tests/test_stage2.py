@@ -29,6 +29,8 @@ from transformers_blap.training import (
     save_lora_captioner,
     warn_if_float16,
 )
+from transformers_blap.training.adapter import recorded_language_model
+from transformers_blap.training.stage2 import LANGUAGE_MODEL_FILES
 
 from stage2_utils import deterministic_model, sgd_args, trainable_state, write_clip_dataset
 from tiny import tiny_processor, tiny_stage1_config
@@ -219,6 +221,34 @@ def test_stage2_starts_from_a_stage1_checkpoint_and_a_flan_t5(tmp_path):
     assert not torch.equal(model.language_model.lm_head.weight, model.language_model.shared.weight)
     assert model.config.text_config.dense_act_fn == "gelu"
     assert configure_stage2_trainable(model)  # trains from here
+
+
+def test_the_language_model_can_be_a_hub_id(processor, clip_dataset, tmp_path, monkeypatch):
+    """`load_stage2_model(stage1, "org/flan-t5")` reads the repository's config and safetensors weights through
+    `huggingface_hub.snapshot_download` (the network boundary, faked here); a LoRA folder records the Hub id."""
+    torch.manual_seed(1)
+    BlapForRepresentationLearning(tiny_stage1_config()).save_pretrained(tmp_path / "stage1")
+    language_model = deterministic_model(seed=2).language_model
+    T5ForConditionalGeneration.save_pretrained(language_model, tmp_path / "flan-t5")
+    requests = []
+
+    def snapshot(repo_id, allow_patterns=None, **kwargs):
+        requests.append((repo_id, allow_patterns))
+        assert repo_id == "org/flan-t5", repo_id
+        return str(tmp_path / "flan-t5")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    model = load_stage2_model(tmp_path / "stage1", language_model_name_or_path="org/flan-t5")
+    assert requests == [("org/flan-t5", LANGUAGE_MODEL_FILES)]
+    for key, value in language_model.state_dict().items():
+        torch.testing.assert_close(model.language_model.state_dict()[key], value, msg=key)
+    lora = add_lora(model, r=2, lora_alpha=4)
+    save_lora_captioner(lora, tmp_path / "out")
+    assert recorded_language_model(tmp_path / "out") == "org/flan-t5"
+    batch = _batch(processor, clip_dataset, size=2)
+    lora.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(load_lora_captioner(tmp_path / "out")(**batch).logits, lora(**batch).logits)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

@@ -110,8 +110,8 @@ def load_lora_captioner(
         folder (`str` or `os.PathLike`): a peft adapter folder written by a LoRA run (local or a Hub id).
         base (`str` or `os.PathLike`, *optional*): the base model; defaults to the one recorded in the folder's
             `adapter_config.json`.
-        language_model (`str` or `os.PathLike`, *optional*): the local Flan-T5 folder, when the base is a stage-1
-            checkpoint (as for [`load_stage2_model`]); defaults to the one the folder records.
+        language_model (`str` or `os.PathLike`, *optional*): the Flan-T5 folder or Hub id, when the base is a
+            stage-1 checkpoint (as for [`load_stage2_model`]); defaults to the one the folder records.
         merge (`bool`, *optional*, defaults to `True`): merge the adapter into the weights and return a plain
             [`BlapForConditionalGeneration`] (what the pipeline and the CLI use); `False` returns the `PeftModel`.
         dtype (`torch.dtype` or `str`, *optional*): the base model's, as for `from_pretrained`.
@@ -131,11 +131,11 @@ def load_lora_captioner(
         BlapConfig.from_pretrained(base).architectures or []
     ):
         language_model = recorded_language_model(folder)
-        if language_model is None or not os.path.isdir(language_model):
+        if language_model is None or (os.path.isabs(language_model) and not os.path.isdir(language_model)):
             raise OSError(
                 f"{folder} is a LoRA adapter on the stage-1 checkpoint {base}, whose language model"
-                f" ({language_model or 'not recorded'}) is not on this machine: pass `language_model=` (the local"
-                " Flan-T5 folder)."
+                f" ({language_model or 'not recorded'}) is not on this machine: pass `language_model=` (a Flan-T5"
+                " folder or Hub id)."
             )
     model = PeftModel.from_pretrained(load_stage2_model(base, language_model, dtype=dtype), folder)
     try:

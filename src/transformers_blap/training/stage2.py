@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import safetensors.torch
 import torch
@@ -43,9 +44,19 @@ CaptionMetricsFn = Callable[[list[str], list[list[str]]], dict[str, float]]
 EVAL_CAPTIONS_FILE = "eval_captions.jsonl"
 # The batch entries `generate` reads (the rest are training targets).
 GENERATION_INPUTS = ("input_features", "input_ids", "attention_mask")
+# What stage 2 reads of a Flan-T5 repository on the Hub: its config and safetensors weights (single file or sharded).
+LANGUAGE_MODEL_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
 
 
 # --------------------------------------------------------------------------------------------------------- model setup
+
+
+def language_model_folder(name_or_path: str | os.PathLike) -> Path:
+    """A local T5 / Flan-T5 folder: `name_or_path` itself, or the Hub repository's config and safetensors weights
+    (`huggingface_hub.snapshot_download`, cached)."""
+    if os.path.isdir(name_or_path):
+        return Path(name_or_path)
+    return Path(huggingface_hub.snapshot_download(str(name_or_path), allow_patterns=LANGUAGE_MODEL_FILES))
 
 
 def _language_model_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -72,9 +83,9 @@ def load_language_model_weights(model: BlapForConditionalGeneration, path: str |
 
     Args:
         model ([`BlapForConditionalGeneration`]).
-        path (`str` or `os.PathLike`): a local T5 / Flan-T5 folder with safetensors weights.
+        path (`str` or `os.PathLike`): a T5 / Flan-T5 folder or Hub id with safetensors weights.
     """
-    state_dict = _language_model_state_dict(path)
+    state_dict = _language_model_state_dict(language_model_folder(path))
     language_model = model.language_model
     # Checkpoints store the embedding once as `shared` and sometimes again for the encoder and decoder.
     aliases = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
@@ -129,8 +140,8 @@ def load_stage2_model(
 
     Args:
         model_name_or_path (`str` or `os.PathLike`): a BLAP checkpoint (local folder or Hub id).
-        language_model_name_or_path (`str` or `os.PathLike`, *optional*): a local T5 folder; replaces the checkpoint's
-            language model.
+        language_model_name_or_path (`str` or `os.PathLike`, *optional*): a T5 / Flan-T5 folder or Hub id (e.g.
+            `google/flan-t5-xl`, safetensors weights); replaces the checkpoint's language model.
         dtype (`torch.dtype` or `str`, *optional*): e.g. `torch.bfloat16` for the frozen weights; the Q-Former and
             query tokens stay float32 (`_keep_in_fp32_modules`) and [`configure_stage2_trainable`] makes the other
             trainable weights float32. `"auto"` (as for `from_pretrained`) loads the checkpoint's dtype and leaves the
@@ -142,7 +153,8 @@ def load_stage2_model(
     config = BlapConfig.from_pretrained(model_name_or_path)
     quiet = contextlib.nullcontext()
     if language_model_name_or_path is not None:
-        text_config = T5Config.from_pretrained(language_model_name_or_path)
+        language_model = language_model_folder(language_model_name_or_path)
+        text_config = T5Config.from_pretrained(language_model)
         text_config.dense_act_fn = "gelu"  # the release runs Flan-T5 with exact GELU
         text_config.name_or_path = str(language_model_name_or_path)  # recorded by a LoRA run's adapter folder
         config.text_config = text_config
@@ -155,7 +167,7 @@ def load_stage2_model(
         )
     missing_llm = [key for key in info["missing_keys"] if key.startswith("language_model.")]
     if language_model_name_or_path is not None:
-        load_language_model_weights(model, language_model_name_or_path)
+        load_language_model_weights(model, language_model)
         if isinstance(dtype, torch.dtype):
             model.language_model.to(dtype)
     elif missing_llm:
