@@ -77,7 +77,9 @@ def write_lora_extras(model: PeftModel, save_directory: str | os.PathLike) -> No
         if Path(language_model).exists():  # the adapter is read from elsewhere: recorded absolute
             language_model = str(Path(language_model).resolve())
         record = {"language_model_name_or_path": language_model}
-        (save_directory / LANGUAGE_MODEL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        partial = save_directory / (LANGUAGE_MODEL_FILE + ".partial")
+        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, save_directory / LANGUAGE_MODEL_FILE)
 
 
 def recorded_language_model(folder: str | os.PathLike) -> str | None:
