@@ -9,8 +9,9 @@ import pytest
 import soundfile
 import torch
 
-from transformers_blap import BlapForConditionalGeneration
+from transformers_blap import BlapForConditionalGeneration, BlapProcessor
 from transformers_blap.cli import main
+from transformers_blap.evaluation.loop import weights_sha256
 
 from tiny import tiny_config, tiny_processor
 
@@ -49,6 +50,28 @@ def test_evaluate_end_to_end(saved_model, musiccaps_dir, tmp_path, capsys):
     assert len((tmp_path / "out" / "report.predictions.jsonl").read_text().splitlines()) == 2
     printed = capsys.readouterr().out
     assert "BLAP (published)" in printed and "26.2" in printed
+
+
+def test_evaluate_takes_a_lora_folder(saved_model, musiccaps_dir, tmp_path):
+    """`blap evaluate --model FOLDER` with a LoRA run's peft adapter folder captions with the adapter merged."""
+    from transformers_blap.training import add_lora, load_lora_captioner, save_lora_captioner
+
+    lora = add_lora(BlapForConditionalGeneration.from_pretrained(saved_model), r=2, lora_alpha=4)
+    with torch.no_grad():  # a trained adapter: the captions must come from the adapted model
+        for name, param in lora.named_parameters():
+            if ".lora_B." in name:
+                param.add_(0.5 * torch.randn_like(param))
+    save_lora_captioner(lora, tmp_path / "lora")
+    BlapProcessor.from_pretrained(saved_model).save_pretrained(tmp_path / "lora")
+    args = ["evaluate", "--model", str(tmp_path / "lora"), "--dataset", "musiccaps", "--audio-dir", str(musiccaps_dir)]
+    output = tmp_path / "report.json"
+    assert main([*args, "--output", str(output), "--metrics", "bleu_1", *FAST]) == 0
+    assert json.loads(output.read_text())["clips_scored"] == 2
+    predictions = [json.loads(line) for line in (tmp_path / "report.predictions.jsonl").read_text().splitlines()]
+    # The captions came from the base model with the adapter merged, not from the base model alone.
+    merged = weights_sha256(load_lora_captioner(tmp_path / "lora"))
+    assert merged != weights_sha256(BlapForConditionalGeneration.from_pretrained(saved_model))
+    assert [record["weights_sha256"] for record in predictions] == [merged, merged]
 
 
 def test_evaluate_errors_are_one_line_and_early(saved_model, musiccaps_dir, tmp_path, capsys):
