@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from blap_cli import main
 
-from .library_commands import load_dataset_argument, ray_job_inputs, ray_pool_options
+from .library_commands import command_inputs, ray_job_inputs, ray_pool_options
 from .precision import resolve_dtype
 
 if TYPE_CHECKING:
@@ -96,17 +96,11 @@ def _caption_tagger(args: argparse.Namespace, device: str) -> "ZeroShotTagger | 
 def run_caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl, expand_inputs
+    from .captioning import CaptionInterrupted, caption_dataset, caption_to_jsonl
 
-    if bool(args.inputs) == (args.dataset is not None):
-        raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
-    if args.dataset is None:
-        inputs = expand_inputs(args.inputs)
-        if not inputs:
-            print(f"blap caption: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
-            return 2
-    else:
-        dataset = load_dataset_argument(args)
+    inputs = command_inputs(args)
+    if inputs is None:
+        return 2
     device = args.device or _default_device()
     tagger = _caption_tagger(args, device)
     try:
@@ -131,15 +125,15 @@ def run_caption(args: argparse.Namespace) -> int:
         **_generation_options(args),
     }
     try:
-        if args.dataset is None:
-            summary = caption_to_jsonl(pipe, inputs, args.output, **run_options)
+        if inputs["inputs"] is not None:
+            summary = caption_to_jsonl(pipe, inputs["inputs"], args.output, **run_options)
         else:
             summary = caption_dataset(
                 pipe,
-                dataset,
+                inputs["dataset"],
                 args.output,
-                audio_column=args.audio_column,
-                id_column=args.id_column,
+                audio_column=inputs["audio_column"],
+                id_column=inputs["id_column"],
                 **run_options,
             )
     except CaptionInterrupted as interrupt:

@@ -31,34 +31,41 @@ def load_dataset_argument(args: argparse.Namespace):
         raise ValueError(f"cannot load the dataset {args.dataset}: {type(error).__name__}: {error}") from error
 
 
-def ray_job_inputs(args: argparse.Namespace) -> dict | None:
+def command_inputs(args: argparse.Namespace) -> dict | None:
     """
-    Start or join Ray, and the inputs of a Ray job from its `inputs` / dataset-input options: the keyword arguments
-    `inputs` and `dataset` (with its columns) of the `ray_jobs` functions, or `None` when the inputs name no audio
-    file (the command then prints so and exits with status 2).
+    What a command's `inputs` / dataset-input options name: `{"inputs": [audio files]}`, or `{"inputs": None,
+    "dataset": ..., "audio_column": ..., "id_column": ...}`; `None` when the inputs name no audio file (printed; the
+    command then exits with status 2).
     """
-    try:
-        import ray
-    except ImportError:
-        raise ImportError(f"blap {args.command} needs Ray: pip install 'transformers_blap[ray]'.") from None
     from .captioning import expand_inputs
 
     if bool(args.inputs) == (args.dataset is not None):
         raise ValueError("give audio files/folders or --dataset NAME_OR_PATH, not both and not neither.")
-    if args.dataset is None:
-        inputs = expand_inputs(args.inputs)
-        if not inputs:
-            print(f"blap {args.command}: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
-            return None
-        job_inputs = {"inputs": inputs}
-    else:
-        job_inputs = {
+    if args.dataset is not None:
+        return {
             "inputs": None,
             "dataset": load_dataset_argument(args),
             "audio_column": args.audio_column,
             "id_column": args.id_column,
         }
-    if not ray.is_initialized():
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        print(f"blap {args.command}: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
+        return None
+    return {"inputs": inputs}
+
+
+def ray_job_inputs(args: argparse.Namespace) -> dict | None:
+    """
+    Start or join Ray, and the inputs of a Ray job ([`command_inputs`], the keyword arguments `inputs` and `dataset`
+    with its columns of the `ray_jobs` functions), or `None` when the inputs name no audio file.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"blap {args.command} needs Ray: pip install 'transformers_blap[ray]'.") from None
+    job_inputs = command_inputs(args)
+    if job_inputs is not None and not ray.is_initialized():
         ray.init()  # the cluster of RAY_ADDRESS, else a local one
     return job_inputs
 
